@@ -1,0 +1,36 @@
+"""mirai_magics: production-grade LLM magics for Jupyter (`%load_ext mirai_magics`).
+
+Only the extension hooks live here; everything heavy loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_loaded: dict[int, Any] = {}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the `%%mirai` / `%mirai` magics and their event hooks."""
+    from .ui.magics import MiraiMagics
+
+    if id(ipython) in _loaded:
+        return
+    magics = MiraiMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.post_run_cell)
+    _loaded[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and hooks; stop the session's thread, server and metrics endpoint."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    ipython.events.unregister("post_run_cell", magics.post_run_cell)
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("mirai", None)
+    ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    magics.close()

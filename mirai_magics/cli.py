@@ -1,0 +1,123 @@
+"""The `mirai` command: demo, serve, check-config, loadtest, golden."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from .client.errors import MiraiError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except MiraiError as exc:
+        print(f"mirai: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirai", description=__doc__)
+    sub = parser.add_subparsers(title="commands")
+    _add(sub, "demo", "offline demo: a streamed call and a failing-then-retried call", _demo)
+    p = _add(sub, "check-config", "validate a config file and print it, secrets redacted", _check)
+    p.add_argument("path", nargs="?", help="YAML file layered over the defaults")
+    p = _add(sub, "serve", "run the offline OpenAI-compatible server on 127.0.0.1", _serve)
+    from .server import add_arguments
+
+    add_arguments(p)
+    for name, help_text, module in (
+        ("loadtest", "parallel multi-turn dialogs with fault injection", "loadtest"),
+        ("golden", "run golden prompts and print a pass/fail table", "golden"),
+    ):
+        _add_lazy(sub, name, help_text, module)
+    return parser
+
+
+def _add(
+    sub: argparse._SubParsersAction, name: str, help_text: str, run: Callable[..., int]
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(run=run)
+    return p
+
+
+def _add_lazy(sub: argparse._SubParsersAction, name: str, help_text: str, module: str) -> None:
+    """Subcommands whose module declares ``add_arguments(parser)`` and ``run(args)``."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"mirai_magics.{module}")
+    except ImportError:
+        return
+    p = _add(sub, name, help_text, mod.run)
+    mod.add_arguments(p)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.path)
+    print(json.dumps(config.redacted(), indent=2))
+    print(f"# valid: {config.source}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .client.records import Reply
+    from .session import Session
+
+    with Session() as session:
+        where = "the offline server (no API key set)" if session.offline else session.base_url
+        print(f"mirai demo — talking to {where}\n")
+        messages = [{"role": "user", "content": "Say hello to the notebook in one sentence."}]
+        print("streamed call:")
+        reply = None
+        for item in session.stream_chat(messages, "main", max_tokens=200):
+            if isinstance(item, str):
+                print(item, end="", flush=True)
+            elif isinstance(item, Reply):
+                reply = item
+        print("\n")
+        _print_record(reply.record if reply else None)
+        if not session.offline:
+            print("\n(fault injection needs the offline server; unset the API key to see it)")
+            return 0
+        session.server.script(["500", "429", "ok"])
+        print("\nfailing-then-retried call (the server answers 500, then 429, then 200):")
+        reply = session.chat(messages, "heavy")
+        print(reply.text, "\n")
+        _print_record(reply.record)
+    return 0
+
+
+def _print_record(record: object) -> None:
+    from .ui.badges import badge_text
+
+    if record is None:
+        return
+    print(badge_text(record))
+    keys = ("profile", "model", "tokens_in", "tokens_out", "latency_ms", "attempts")
+    data = {k: getattr(record, k) for k in (*keys, "retry_reasons", "offline", "error")}
+    data["latency_ms"] = round(data["latency_ms"], 1)
+    print(json.dumps(data))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

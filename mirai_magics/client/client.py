@@ -1,0 +1,344 @@
+"""The resilient async core: breaker → attempt with timeout → classify → retry → fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from ..config import Config, Profile
+from ..tokens import count_messages, count_text
+from .breaker import CircuitBreaker
+from .errors import (
+    CircuitOpenError,
+    ClientRequestError,
+    MiraiError,
+    RetriesExhaustedError,
+)
+from .params import chat_params, output_cap
+from .records import CallRecord, Reply
+from .retry import backoff, classify, stop_before_deadline, wait_retry_after
+
+OFFLINE_FINGERPRINT = "mirai-offline"
+RESTART = object()  # sent to on_text when a stream is retried after partial output
+TextSink = Callable[[Any], None]
+Observer = Callable[[str, CallRecord, dict[str, Any]], None]
+
+
+class ResilientClient:
+    """Wraps one AsyncOpenAI(max_retries=0); owns breakers, retries and fallback."""
+
+    def __init__(
+        self,
+        config: Config,
+        sdk: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        policy: Any = None,
+        observers: list[Observer] | None = None,
+        user: str = "",
+    ):
+        self.config = config
+        self.sdk = sdk
+        self.clock = clock
+        self.sleep = sleep
+        self.policy = policy
+        self.observers: list[Observer] = observers if observers is not None else []
+        self.user = user
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.random = random.Random()
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        if model not in self.breakers:
+            self.breakers[model] = CircuitBreaker(model, self.config.circuit_breaker, self.clock)
+        return self.breakers[model]
+
+    # --- public API ------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        profile: str = "main",
+        *,
+        stream: bool = False,
+        on_text: TextSink | None = None,
+        background: bool = False,
+        **overrides: Any,
+    ) -> Reply:
+        """One chat call with retries and fallback; raises a MiraiError on failure."""
+        record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
+        record.user = self.user
+        started = self.clock()
+        try:
+            text = await self._chat_with_fallback(
+                record, messages, profile, overrides, stream, on_text, started, background
+            )
+        except BaseException as exc:
+            self._fail(record, exc)
+            raise
+        finally:
+            record.latency_ms = (self.clock() - started) * 1000
+            self._emit("call", record)
+        return Reply(text, record)
+
+    async def embed(
+        self, texts: list[str], profile: str = "embed", *, background: bool = False
+    ) -> tuple[list[list[float]], CallRecord]:
+        """Embed texts with retries (no fallback: vectors of another model would not compare)."""
+        prof = self.config.profile(profile)
+        params: dict[str, Any] = {"model": prof.model}
+        if prof.dimensions:
+            params["dimensions"] = prof.dimensions
+        record = CallRecord(profile=profile, model=prof.model, kind="embeddings", params=params)
+        record.requested_profile, record.user = profile, self.user
+        record.tokens_estimated = sum(count_text(t)[0] for t in texts)
+        started = self.clock()
+        deadline = started + self.config.defaults.deadline_s
+
+        async def attempt(timeout: float) -> list[list[float]]:
+            response = await self.sdk.embeddings.create(input=texts, timeout=timeout, **params)
+            record.tokens_in = getattr(response.usage, "prompt_tokens", None)
+            record.tokens_out = 0
+            return [list(item.embedding) for item in response.data]
+
+        try:
+            async with self._admitted("embeddings", record, background):
+                vectors = await self._retrying(record, prof, deadline, attempt)
+        except BaseException as exc:
+            self._fail(record, exc)
+            raise
+        finally:
+            record.latency_ms = (self.clock() - started) * 1000
+            self._emit("call", record)
+        return vectors, record
+
+    # --- fallback and retries --------------------------------------------------
+
+    async def _chat_with_fallback(
+        self,
+        record: CallRecord,
+        messages: list[dict[str, Any]],
+        name: str,
+        overrides: dict[str, Any],
+        stream: bool,
+        on_text: TextSink | None,
+        started: float,
+        background: bool,
+    ) -> str:
+        deadline = started + self.config.defaults.deadline_s
+        estimate, _ = count_messages(messages)
+        if self.policy is not None:
+            name = self.policy.route(name, record)
+        while True:
+            prof = self.config.profile(name)
+            params = chat_params(name, prof, overrides)
+            if self.policy is not None:
+                params = self.policy.adjust_params(params, record)
+            record.profile, record.model, record.params = name, params["model"], params
+            record.tokens_estimated = estimate + output_cap(params)
+            try:
+                async with self._admitted("chat", record, background):
+                    return await self._retrying(
+                        record,
+                        prof,
+                        deadline,
+                        lambda timeout, p=params: self._chat_once(
+                            record, p, messages, timeout, stream, on_text
+                        ),
+                    )
+            except (CircuitOpenError, RetriesExhaustedError) as exc:
+                fallback = self.config.fallback_for(name)
+                rate_limited = isinstance(exc, RetriesExhaustedError) and exc.last_reason == "429"
+                if fallback is None or not (rate_limited or isinstance(exc, CircuitOpenError)):
+                    raise
+                record.degraded_from = record.degraded_from or record.requested_profile
+                record.degraded_reason = "429" if rate_limited else "circuit_open"
+                name = fallback
+
+    def _admitted(self, kind: str, record: CallRecord, background: bool) -> Any:
+        """The quota/concurrency gate from the policy, or a no-op without one."""
+        if self.policy is None:
+            return _NoGate()
+        return self.policy.admit(kind, record, background)
+
+    async def _retrying(
+        self,
+        record: CallRecord,
+        prof: Profile,
+        deadline: float,
+        send: Callable[[float], Awaitable[Any]],
+    ) -> Any:
+        d = self.config.defaults
+        cap = d.retry_after_cap_s
+        outcome_of = lambda exc: classify(exc, cap)  # noqa: E731
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(d.max_attempts) | stop_before_deadline(deadline, self.clock),
+            wait=wait_retry_after(backoff(**d.backoff.model_dump()), outcome_of),
+            retry=retry_if_exception(
+                lambda exc: not isinstance(exc, MiraiError) and outcome_of(exc).retryable
+            ),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(record, prof, deadline, send)
+        except MiraiError:
+            raise
+        except Exception as exc:
+            raise _as_mirai_error(exc, record, cap) from None
+
+    async def _attempt(
+        self,
+        record: CallRecord,
+        prof: Profile,
+        deadline: float,
+        send: Callable[[float], Awaitable[Any]],
+    ) -> Any:
+        breaker = self.breaker(record.model)
+        probe = breaker.acquire()  # raises CircuitOpenError without touching the network
+        record.attempts += 1
+        timeout = max(min(self.config.timeout_for(prof), deadline - self.clock()), 0.001)
+        try:
+            result = await send(timeout)
+        except BaseException as exc:
+            outcome = classify(exc, self.config.defaults.retry_after_cap_s)
+            (breaker.failure if outcome.counts_for_breaker else breaker.neutral)(probe)
+            record.breaker = breaker.current_state().value
+            if outcome.retryable:
+                record.retry_reasons.append(outcome.reason)
+            self._emit("attempt", record, {"reason": outcome.reason, "ok": False})
+            raise
+        breaker.success(probe)
+        record.breaker = breaker.current_state().value
+        self._emit("attempt", record, {"reason": "ok", "ok": True})
+        return result
+
+    # --- one HTTP request --------------------------------------------------------
+
+    async def _chat_once(
+        self,
+        record: CallRecord,
+        params: dict[str, Any],
+        messages: list[dict[str, Any]],
+        timeout: float,
+        stream: bool,
+        on_text: TextSink | None,
+    ) -> str:
+        if not stream:
+            response = await self.sdk.chat.completions.create(
+                messages=messages, timeout=timeout, **params
+            )
+            choice = response.choices[0] if response.choices else None
+            record.offline = response.system_fingerprint == OFFLINE_FINGERPRINT
+            record.finish_reason = choice.finish_reason if choice else None
+            _take_usage(record, response.usage)
+            return (choice.message.content if choice else None) or ""
+        return await self._stream_once(record, params, messages, timeout, on_text)
+
+    async def _stream_once(
+        self,
+        record: CallRecord,
+        params: dict[str, Any],
+        messages: list[dict[str, Any]],
+        timeout: float,
+        on_text: TextSink | None,
+    ) -> str:
+        if record.extra.pop("stream_emitted", False) and on_text is not None:
+            on_text(RESTART)  # an earlier attempt already showed text
+        stream = await self.sdk.chat.completions.create(
+            messages=messages,
+            timeout=timeout,
+            stream=True,
+            stream_options={"include_usage": True},
+            **params,
+        )
+        parts: list[str] = []
+        try:
+            async for chunk in stream:
+                record.offline = chunk.system_fingerprint == OFFLINE_FINGERPRINT
+                if chunk.usage is not None:
+                    _take_usage(record, chunk.usage)
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        record.finish_reason = choice.finish_reason
+                    piece = choice.delta.content if choice.delta else None
+                    if piece:
+                        parts.append(piece)
+                        record.extra["stream_emitted"] = True
+                        if on_text is not None:
+                            on_text(piece)
+        finally:
+            await stream.close()
+        record.extra.pop("stream_emitted", None)
+        return "".join(parts)
+
+    # --- records ------------------------------------------------------------------
+
+    def _fail(self, record: CallRecord, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            record.error, record.error_code = "cancelled by the user", "cancelled"
+        elif isinstance(exc, MiraiError):
+            record.error, record.error_code = str(exc), exc.code
+        else:
+            record.error, record.error_code = f"{type(exc).__name__}: {exc}", "internal"
+
+    def _emit(self, event: str, record: CallRecord, info: dict[str, Any] | None = None) -> None:
+        for observer in self.observers:
+            observer(event, record, info or {})
+
+
+class _NoGate:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _take_usage(record: CallRecord, usage: Any) -> None:
+    if usage is not None:
+        record.tokens_in = usage.prompt_tokens
+        record.tokens_out = usage.completion_tokens
+
+
+def _as_mirai_error(exc: Exception, record: CallRecord, cap: float) -> MiraiError:
+    """The last SDK error, as the one-line MiraiError a notebook user can act on."""
+    outcome = classify(exc, cap)
+    if outcome.retryable:
+        what = _describe(outcome.reason)
+        return RetriesExhaustedError(
+            f"{record.model}: {what} after {record.attempts} attempt(s)",
+            attempts=record.attempts,
+            last_reason=outcome.reason,
+            status=outcome.status,
+        )
+    return ClientRequestError(
+        f"{record.model}: HTTP {outcome.status or '?'} {_api_message(exc)}".strip(),
+        status=outcome.status,
+    )
+
+
+def _describe(reason: str) -> str:
+    if reason == "429":
+        return "rate limited (HTTP 429)"
+    if reason.isdigit():
+        return f"server error (HTTP {reason})"
+    return {"timeout": "timed out", "connection": "could not connect"}.get(reason, reason)
+
+
+def _api_message(exc: Exception) -> str:
+    """The API's own error message, shortened to one line and free of secrets."""
+    from ..redact import redact
+
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    text = message if isinstance(message, str) else str(exc)
+    text = " ".join(text.split())
+    return redact(text[:200])

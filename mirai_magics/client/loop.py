@@ -1,0 +1,108 @@
+"""The engine's own event-loop thread: runs the async core, hands results to the kernel thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+_POLL_S = 0.1  # bounded waits keep the kernel thread interruptible by Ctrl-C
+
+
+class Job(Generic[T]):
+    """One coroutine running on the engine loop, awaited from a plain thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]):
+        self._loop = loop
+        self._done = threading.Event()
+        self._task: asyncio.Task[T] | None = None
+        self._cancel_requested = False
+        loop.call_soon_threadsafe(self._start, coro)
+
+    def _start(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._task = self._loop.create_task(coro)
+        if self._cancel_requested:
+            self._task.cancel()
+        self._task.add_done_callback(lambda _task: self._done.set())
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> T:
+        """Wait for the result; Ctrl-C cancels the job cleanly, then re-raises."""
+        try:
+            while not self._done.wait(_POLL_S):
+                pass
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        assert self._task is not None
+        return self._task.result()
+
+    def cancel(self, wait_s: float = 5.0) -> None:
+        """Cancel the task on its loop and wait until it has really finished."""
+
+        def _cancel() -> None:
+            self._cancel_requested = True
+            if self._task is not None:
+                self._task.cancel()
+
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_cancel)
+        self._done.wait(wait_s)
+
+
+class EngineLoop:
+    """A daemon thread with its own asyncio loop (a Jupyter kernel's loop is already running)."""
+
+    def __init__(self, name: str = "mirai-engine") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=self._loop.run_forever, name=self.name, daemon=True
+                )
+                self._thread.start()
+            return self._loop
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Job[T]:
+        return Job(self.loop, coro)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel what still runs, stop the loop and join the thread; idempotent."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        done = threading.Event()
+
+        async def _shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            done.set()
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(_shutdown()))
+        done.wait(timeout_s)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)
+        if not thread.is_alive():
+            loop.close()

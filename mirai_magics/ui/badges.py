@@ -1,0 +1,97 @@
+"""Badges: a CallRecord → one line of HTML and text/plain (pure formatting, no I/O)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..redact import redact
+
+_STYLE = (
+    "font:12px/1.6 ui-monospace,SFMono-Regular,Menlo,monospace;color:#555;"
+    "border-top:1px solid #ddd;margin-top:4px;padding-top:2px"
+)
+_ERROR_STYLE = "font:13px/1.5 ui-monospace,Menlo,monospace;color:#b00020"
+_FLAG_STYLE = "background:#fff3cd;color:#7a5b00;border-radius:3px;padding:0 4px;margin-left:4px"
+
+
+def badge_parts(record: Any, prices: Mapping[str, Any] | None = None) -> list[str]:
+    """The badge's main facts: profile/model · tokens in → out · latency · attempts [· cost]."""
+    tokens_in = "?" if record.tokens_in is None else f"{record.tokens_in:,}"
+    tokens_out = "?" if record.tokens_out is None else f"{record.tokens_out:,}"
+    attempts = f"{record.attempts} attempt" + ("s" if record.attempts != 1 else "")
+    parts = [
+        f"{record.profile}/{record.model}",
+        f"{tokens_in} → {tokens_out} tokens",
+        f"{record.latency_ms:,.0f} ms",
+        attempts,
+    ]
+    cost = estimated_cost(record, prices or {})
+    if cost is not None:
+        parts.append(f"≈ ${cost:.4f}")
+    return parts
+
+
+def badge_flags(record: Any, extra: Sequence[str] = ()) -> list[str]:
+    """Flags that apply: offline, replayed, retried ×N, degraded, breaker, plus caller's extras."""
+    flags: list[str] = []
+    if record.offline:
+        flags.append("offline")
+    if record.replayed:
+        flags.append("replayed")
+    if record.retry_reasons:
+        flags.append(f"retried ×{len(record.retry_reasons)} ({', '.join(record.retry_reasons)})")
+    if record.degraded_from:
+        flags.append(f"degraded {record.degraded_from}→{record.profile} ({record.degraded_reason})")
+    flags.extend(f"degraded: {rule}" for rule in record.degradations)
+    if record.breaker and record.breaker != "closed":
+        flags.append(f"breaker {record.breaker}")
+    flags.extend(extra)
+    return flags
+
+
+def badge_text(
+    record: Any, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
+) -> str:
+    """The text/plain badge: one line, stable enough for nbval with the sanitizer."""
+    line = " · ".join(badge_parts(record, prices))
+    flags = badge_flags(record, extra)
+    return f"[mirai] {line}" + (f" · {' · '.join(flags)}" if flags else "")
+
+
+def badge_html(
+    record: Any, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
+) -> str:
+    """The HTML badge shown under an answer."""
+    line = " · ".join(html.escape(p) for p in badge_parts(record, prices))
+    flags = "".join(
+        f'<span style="{_FLAG_STYLE}">{html.escape(f)}</span>' for f in badge_flags(record, extra)
+    )
+    return f'<div class="mirai-badge" style="{_STYLE}">⚡ {line}{flags}</div>'
+
+
+def error_text(message: str) -> str:
+    """The text/plain form of a failed call: one line."""
+    return f"[mirai] ✗ {one_line(message)}"
+
+
+def error_html(message: str) -> str:
+    """One red line with the cause and what to do."""
+    return (
+        f'<div class="mirai-error" style="{_ERROR_STYLE}">✗ {html.escape(one_line(message))}</div>'
+    )
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """Collapse whitespace, redact secrets, cut to ``limit`` characters."""
+    text = redact(" ".join(str(message).split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def estimated_cost(record: Any, prices: Mapping[str, Any]) -> float | None:
+    """USD estimate from the per-model price table (per million tokens); none offline."""
+    price = prices.get(record.model)
+    if record.offline or price is None or record.tokens_in is None or record.tokens_out is None:
+        return None
+    return (record.tokens_in * price.input + record.tokens_out * price.output) / 1_000_000

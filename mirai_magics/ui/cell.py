@@ -1,0 +1,104 @@
+"""One `%%mirai` cell: parse → build prompt → call (streamed or not) → render → remember."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..client.errors import MiraiError, UsageError
+from .interpolate import interpolate
+from .render import render_answer, show_badge, show_error
+from .stream import StreamView, consume, stream_enabled
+
+
+@dataclass
+class CellRequest:
+    """Everything a cell asks for, after argument parsing and session defaults."""
+
+    text: str
+    profile: str
+    fmt: str
+    overrides: dict[str, Any]
+    system: str | None = None
+    history: bool = True
+    memory: bool = True
+    top_k: int | None = None
+    stream: bool | None = None
+    out: str | None = None
+    interp: bool = True
+    cell_id: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+def request_from_args(args: Any, text: str, session: Any) -> CellRequest:
+    """Merge parsed arguments with the session's defaults (set by `%mirai use` or the picker)."""
+    config = session.config
+    profile = args.profile or session.default_profile
+    if profile not in config.chat_profiles():
+        raise UsageError(
+            f"unknown profile {profile!r}", hint=f"use one of: {', '.join(config.chat_profiles())}"
+        )
+    overrides = dict(session.default_overrides) if profile == session.default_profile else {}
+    for key, value in (
+        ("model", args.model),
+        ("temperature", args.temperature),
+        ("max_tokens", args.max_tokens),
+    ):
+        if value is not None:
+            overrides[key] = value
+    fmt = args.format or config.ui.default_format
+    if fmt == "json":
+        overrides["response_format"] = {"type": "json_object"}
+    if args.out is not None and not args.out.isidentifier():
+        raise UsageError(f"--out needs a Python identifier, got {args.out!r}")
+    return CellRequest(
+        text=text,
+        profile=profile,
+        fmt=fmt,
+        overrides=overrides,
+        system=args.system,
+        history=not args.no_history,
+        memory=not args.no_memory,
+        top_k=args.k,
+        stream=args.stream,
+        out=args.out,
+        interp=not args.no_interp,
+    )
+
+
+def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
+    """Run one request end to end; failures render as one red line and return None."""
+    text = request.text
+    if request.interp:
+        result = interpolate(text, namespace)
+        text = result.text
+        if result.undefined:
+            request.flags.append("undefined: " + ", ".join(f"{{{u}}}" for u in result.undefined))
+    try:
+        prepared = session.prepare(text, request)
+    except MiraiError as exc:
+        show_error(str(exc))
+        return None
+    request.flags.extend(prepared.flags)
+    streaming = stream_enabled(
+        request.stream, os.environ.get("MIRAI_STREAM"), session.config.defaults.stream
+    )
+    view = StreamView(request.fmt, session.config.ui.stream_throttle_ms) if streaming else None
+    try:
+        if view is not None:
+            reply = consume(session.stream_prepared(prepared), view)
+        else:
+            reply = session.send_prepared(prepared)
+    except MiraiError as exc:
+        show_error(str(exc), view.handle if view else None)
+        return None
+    rendered = render_answer(reply.text, request.fmt, shell, view.handle if view else None)
+    if rendered.error:
+        show_error(rendered.error)
+    session.remember(prepared, reply)
+    show_badge(reply.record, request.flags + rendered.flags, session.config.pricing)
+    namespace["_mirai"] = reply
+    if request.out:
+        namespace[request.out] = reply.text
+    return reply

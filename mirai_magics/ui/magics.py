@@ -1,0 +1,225 @@
+"""The `%%mirai` cell magic and `%mirai` line magics (one @magics_class, IPython style)."""
+
+from __future__ import annotations
+
+import shlex
+import traceback
+from typing import Any
+
+from IPython.core.error import UsageError as IPythonUsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Unicode
+
+LINE_COMMANDS = ("status", "use", "config", "fix", "picker", "history", "reset", "reload", "help")
+FORMATS = ("markdown", "code", "text", "json")
+
+
+@magics_class
+class MiraiMagics(Magics):
+    """LLM calls from notebook cells through a resilient, observable session."""
+
+    config_path = Unicode(
+        None, allow_none=True, help="YAML config layered over the packaged defaults."
+    ).tag(config=True)
+    memory_enabled = Bool(True, help="Index executed cells and retrieve them into prompts.").tag(
+        config=True
+    )
+
+    def __init__(self, shell: Any = None, **kwargs: Any):
+        super().__init__(shell=shell, **kwargs)
+        self._session: Any = None
+        self.errors: dict[int, str] = {}  # Err[n]: traceback text of cell n
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            from ..session import Session
+
+            self._session = Session(config_path=self.config_path)
+        return self._session
+
+    @magic_arguments()
+    @argument(
+        "profile", nargs="?", default=None, help="profile name (default: main or `%%mirai use`)"
+    )
+    @argument("--model", default=None, help="override the profile's model")
+    @argument("-t", "--temperature", type=float, default=None, help="sampling temperature")
+    @argument("--max-tokens", type=int, default=None, dest="max_tokens", help="output cap")
+    @argument("-f", "--format", choices=FORMATS, default=None, help="how to render the answer")
+    @argument("--system", default=None, help="extra system instruction for this cell")
+    @argument("--no-history", action="store_true", help="send no history and store none")
+    @argument("--no-memory", action="store_true", help="do not retrieve earlier cells")
+    @argument("-k", type=int, default=None, help="how many memory hits to add (default 4)")
+    @argument(
+        "--stream", dest="stream", action="store_true", default=None, help="stream the answer"
+    )
+    @argument("--no-stream", dest="stream", action="store_false", help="show the answer once")
+    @argument("--out", default=None, help="store the answer text in this variable")
+    @argument("--no-interp", action="store_true", help="send {braces} literally")
+    @line_cell_magic
+    def mirai(self, line: str, cell: str | None = None) -> Any:
+        """Ask an LLM from a cell: `%%mirai [PROFILE] [options]`, the cell body is the prompt.
+
+        Examples::
+
+            %%mirai
+            Explain what {df_name} contains and suggest three plots.
+
+            %%mirai heavy --format code
+            Refactor the function in {In[12]} to be vectorised.
+
+            %%mirai --format json --out facts --no-history
+            List three facts about {city} as JSON.
+
+        `{name}`, `{obj.attr}`, `{seq[0]}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}` are filled in
+        from the notebook; other braces stay as they are (`{{` escapes). The last reply is in
+        `_mirai`.
+
+        Line commands: `%mirai status` · `%mirai use PROFILE` · `%mirai config` ·
+        `%mirai fix` (explain the last error) · `%mirai picker` · `%mirai history` ·
+        `%mirai reset` · `%mirai reload` (re-read config and key).
+        """
+        if cell is None:
+            return self._line(line)
+        try:
+            args = _parse(self.mirai, line, self.session.config)
+            from .cell import request_from_args, run_cell
+
+            request = request_from_args(args, cell, self.session)
+        except Exception as exc:
+            return _fail(exc)
+        return run_cell(request, self.session, self.shell, self._namespace())
+
+    # --- line commands ------------------------------------------------------------
+
+    def _line(self, line: str) -> Any:
+        words = shlex.split(line) if line.strip() else ["help"]
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            return _fail(
+                ValueError(
+                    f"unknown command {command!r} — use one of: {', '.join(LINE_COMMANDS)} "
+                    "(or %%mirai for a prompt)"
+                )
+            )
+        try:
+            return handler(rest)
+        except Exception as exc:
+            return _fail(exc)
+
+    def _cmd_help(self, rest: list[str]) -> None:
+        print(self.mirai.__doc__)
+
+    def _cmd_use(self, rest: list[str]) -> None:
+        from .render import show_note
+
+        profiles = self.session.config.chat_profiles()
+        if len(rest) != 1 or rest[0] not in profiles:
+            raise ValueError(f"usage: %mirai use PROFILE — one of: {', '.join(profiles)}")
+        self.session.default_profile = rest[0]
+        self.session.default_overrides = {}
+        show_note(f"default profile: {rest[0]} ({self.session.config.profiles[rest[0]].model})")
+
+    def _cmd_reset(self, rest: list[str]) -> None:
+        from .render import show_note
+
+        self.session.history.clear()
+        show_note("history cleared")
+
+    def _cmd_history(self, rest: list[str]) -> None:
+        from .status import show_history
+
+        show_history(self.session.history.window())
+
+    def _cmd_status(self, rest: list[str]) -> None:
+        from .status import show_status
+
+        show_status(self.session)
+
+    def _cmd_config(self, rest: list[str]) -> None:
+        import json
+
+        from ..redact import redact_all
+
+        print(redact_all(json.dumps(self.session.config.redacted(), indent=2)))
+
+    def _cmd_reload(self, rest: list[str]) -> None:
+        from .render import show_note
+
+        self.session.reload()
+        show_note(f"config and API key re-read from {self.session.config.source}")
+
+    def _cmd_picker(self, rest: list[str]) -> Any:
+        from .widgets import model_picker
+
+        return model_picker(self.session)
+
+    def _cmd_fix(self, rest: list[str]) -> Any:
+        from .cell import CellRequest, run_cell
+        from .fix import fix_prompt
+
+        prompt = fix_prompt(self.errors, self.shell.user_ns.get("In", []))
+        request = CellRequest(text=prompt, profile="heavy", fmt="markdown", overrides={})
+        request.interp = False
+        return run_cell(request, self.session, self.shell, self._namespace())
+
+    # --- hooks and lifecycle ---------------------------------------------------------
+
+    def post_run_cell(self, result: Any) -> None:
+        """Remember tracebacks for {Err[n]} and `%mirai fix` (cheap: no I/O, no engine)."""
+        error = result.error_in_exec or result.error_before_exec
+        count = result.execution_count
+        if error is not None and count is not None:
+            lines = traceback.format_exception(type(error), error, error.__traceback__)
+            self.errors[count] = "".join(lines)[-8000:]
+
+    def _namespace(self) -> dict[str, Any]:
+        ns = self.shell.user_ns
+        return _LayeredNamespace(ns, {"Err": self.errors})
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+class _LayeredNamespace(dict):
+    """The user namespace with Err on top; writes go to the user namespace."""
+
+    def __init__(self, user_ns: dict[str, Any], extra: dict[str, Any]):
+        super().__init__(extra)
+        self.user_ns = user_ns
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self.user_ns
+
+    def __getitem__(self, key: str) -> Any:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        return self.user_ns[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.user_ns[key] = value
+
+
+def _parse(func: Any, line: str, config: Any) -> Any:
+    """parse_argstring, with errors that list the valid options and profiles."""
+    try:
+        return parse_argstring(func, line)
+    except IPythonUsageError as exc:
+        options = f"--model, -t/--temperature, --max-tokens, -f/--format {{{','.join(FORMATS)}}}, "
+        options += "--system, "
+        options += "--no-history, --no-memory, -k, --stream/--no-stream, --out, --no-interp"
+        raise ValueError(
+            f"{str(exc).strip()} — valid options: {options}; profiles: "
+            f"{', '.join(config.chat_profiles())}"
+        ) from None
+
+
+def _fail(exc: BaseException) -> None:
+    """Render any error raised before the call as one red line (the kernel keeps going)."""
+    from .render import show_error
+
+    show_error(str(exc) or type(exc).__name__)

@@ -1,0 +1,98 @@
+"""Display of answers by format, badges and one-line errors in the notebook."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.display import display
+
+from .badges import badge_html, badge_text, error_html, error_text
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+@dataclass
+class Rendered:
+    """What the answer turned into: flags for the badge, and parsed JSON when valid."""
+
+    flags: list[str]
+    data: Any = None
+    error: str | None = None
+
+
+def extract_code(text: str) -> str | None:
+    """The fenced code blocks of an answer joined, or None when there is none."""
+    blocks = [body.rstrip() for _lang, body in _FENCE.findall(text)]
+    blocks = [b for b in blocks if b.strip()]
+    return "\n\n".join(blocks) if blocks else None
+
+
+def parse_json(text: str) -> Any:
+    """Parse an answer as JSON, tolerating one surrounding code fence."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = extract_code(stripped) or stripped
+    return json.loads(stripped)
+
+
+def answer_bundle(text: str, fmt: str) -> dict[str, str]:
+    """MIME bundle for the answer text (markdown rendered, other formats as plain text)."""
+    if fmt == "markdown":
+        return {"text/markdown": text, "text/plain": text}
+    if fmt == "code":
+        return {"text/markdown": text, "text/plain": text}
+    return {"text/plain": text}
+
+
+def render_answer(text: str, fmt: str, shell: Any, handle: Any = None) -> Rendered:
+    """Show the final answer (in ``handle`` when streaming) and apply the format's effect."""
+    rendered = Rendered(flags=[])
+    bundle = answer_bundle(text, fmt)
+    if fmt == "json":
+        try:
+            rendered.data = parse_json(text)
+            bundle = {
+                "application/json": rendered.data,
+                "text/plain": json.dumps(rendered.data, indent=2, ensure_ascii=False),
+            }
+        except json.JSONDecodeError as exc:
+            rendered.error = f"invalid JSON from the model: {exc.msg} (line {exc.lineno})"
+            rendered.flags.append("invalid JSON")
+    _show(bundle, handle)
+    if fmt == "code":
+        code = extract_code(text)
+        if code is None:
+            rendered.flags.append("no code block found")
+        else:
+            shell.set_next_input(code, replace=False)
+            rendered.flags.append("code → next cell")
+    return rendered
+
+
+def show_badge(record: Any, flags: list[str], prices: Any = None) -> None:
+    display(
+        {
+            "text/html": badge_html(record, flags, prices),
+            "text/plain": badge_text(record, flags, prices),
+        },
+        raw=True,
+    )
+
+
+def show_error(message: str, handle: Any = None) -> None:
+    """One red line (HTML) with a text/plain twin; replaces a live stream when given."""
+    _show({"text/html": error_html(message), "text/plain": error_text(message)}, handle)
+
+
+def show_note(text: str) -> None:
+    display({"text/plain": text, "text/markdown": f"*{text}*"}, raw=True)
+
+
+def _show(bundle: dict[str, Any], handle: Any) -> None:
+    if handle is not None:
+        handle.update(bundle, raw=True)
+    else:
+        display(bundle, raw=True)

@@ -1,0 +1,86 @@
+"""`%mirai status` and `%mirai history`: tables from the session's records."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from IPython.display import display
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of ``values``, None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def status_rows(session: Any, now: float | None = None) -> list[tuple[str, str]]:
+    """(label, value) rows: breakers, calls, errors, retries, tokens/minute, latency."""
+    now = time.time() if now is None else now
+    records = list(session.records)
+    recent = [r for r in records if now - r.started_at <= 60]
+    latencies = [r.latency_ms for r in records if r.ok]
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    limits = session.config.limits.tokens
+    tokens_minute = sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in recent)
+    user_minute = sum(
+        (r.tokens_in or 0) + (r.tokens_out or 0) for r in recent if r.user == session.user
+    )
+    rows = [
+        (
+            "endpoint",
+            "offline server" if session.offline else (session.base_url or "api.openai.com"),
+        ),
+        ("default profile", session.default_profile),
+        ("calls", str(len(records))),
+        ("errors", str(sum(1 for r in records if not r.ok))),
+        ("retries", str(sum(len(r.retry_reasons) for r in records))),
+        ("tokens this minute", f"{tokens_minute:,} / {limits.global_per_minute:,} (global)"),
+        (
+            f"tokens this minute ({session.user})",
+            f"{user_minute:,} / {limits.per_user_per_minute:,}",
+        ),
+        ("latency p50 / p95", _ms(p50) + " / " + _ms(p95)),
+        (
+            "history",
+            f"{len(session.history)} / {session.config.context.max_history_messages} messages",
+        ),
+    ]
+    rows += [(f"breaker {model}", state) for model, state in session.breaker_states().items()]
+    rows += [(label, value) for label, value in session.extra_status()]
+    return rows
+
+
+def show_status(session: Any) -> None:
+    rows = status_rows(session)
+    show_table("mirai status", rows)
+
+
+def show_history(messages: list[dict[str, Any]]) -> None:
+    rows = [(m["role"], _clip(str(m.get("content", "")))) for m in messages]
+    show_table(f"history: {len(messages)} messages", rows or [("(empty)", "")])
+
+
+def show_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    text = "\n".join([title, *(f"{label.ljust(width)}  {value}" for label, value in rows)])
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
+        f"<td style='text-align:left'>{html.escape(value)}</td></tr>"
+        for label, value in rows
+    )
+    markup = f"<table class='mirai-status'><caption>{html.escape(title)}</caption>{cells}</table>"
+    display({"text/html": markup, "text/plain": text}, raw=True)
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f} ms"
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
