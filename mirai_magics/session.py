@@ -120,6 +120,9 @@ class Session:
             kwargs["sleep"] = self._sleep
         client = ResilientClient(self.config, sdk, **kwargs)
         client.observers.append(self._remember)
+        # [wiring: quotas + degradation policy (issue 5)]
+        # [wiring: telemetry observers (issue 5)]
+        # [wiring: call log + replay (issue 6)]
         return client
 
     def _remember(self, event: str, record: CallRecord, info: dict[str, Any]) -> None:
@@ -183,13 +186,19 @@ class Session:
         context = self.config.context
         system = system_prompt(context.system_prompt, request.system, request.fmt)
         history = self.history.window() if request.history else []
+        # [wiring: history limit from the error-rate degradation rule (issue 5)]
+        memory_block, flags = "", []
+        # [wiring: memory retrieval into the prompt (issue 4)]
         prompt = build_messages(
             system=system,
             history=history,
             user=text,
+            memory_block=memory_block,
             max_system_tokens=context.system_prompt_max_tokens,
         )
-        return Prepared(text, prompt.messages, request.profile, request.overrides, request.history)
+        return Prepared(
+            text, prompt.messages, request.profile, request.overrides, request.history, flags
+        )
 
     def send_prepared(self, prepared: Prepared) -> Reply:
         return self.chat(prepared.messages, prepared.profile, **prepared.overrides)
@@ -233,6 +242,7 @@ class Session:
         """Stop the engine thread and the offline server; idempotent."""
         try:
             self._close_client()
+            # [wiring: close memory (issue 4), metrics server (issue 5), call log (issue 6)]
         finally:
             self.engine.stop()
             server, self._server = self._server, None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,7 +50,7 @@ class ResilientClient:
         self.observers: list[Observer] = observers if observers is not None else []
         self.user = user
         self.breakers: dict[str, CircuitBreaker] = {}
-        self.random = random.Random()
+        self.replay: Any = None  # answers from a recorded call log (see mirai_magics.replay)
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:
@@ -74,6 +73,7 @@ class ResilientClient:
         record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
         record.user = self.user
         started = self.clock()
+        text: str | None = None
         try:
             text = await self._chat_with_fallback(
                 record, messages, profile, overrides, stream, on_text, started, background
@@ -83,7 +83,7 @@ class ResilientClient:
             raise
         finally:
             record.latency_ms = (self.clock() - started) * 1000
-            self._emit("call", record)
+            self._emit("call", record, {"messages": messages, "text": text})
         return Reply(text, record)
 
     async def embed(
@@ -141,6 +141,10 @@ class ResilientClient:
                 params = self.policy.adjust_params(params, record)
             record.profile, record.model, record.params = name, params["model"], params
             record.tokens_estimated = estimate + output_cap(params)
+            if self.replay is not None:
+                replayed = await self.replay.answer(record, params, messages, on_text)
+                if replayed is not None:  # None: a miss in fallthrough mode goes live
+                    return replayed
             try:
                 async with self._admitted("chat", record, background):
                     return await self._retrying(

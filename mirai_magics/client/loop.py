@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
@@ -19,7 +20,8 @@ class Job(Generic[T]):
         self._done = threading.Event()
         self._task: asyncio.Task[T] | None = None
         self._cancel_requested = False
-        loop.call_soon_threadsafe(self._start, coro)
+        context = contextvars.copy_context()  # carries the caller's trace span to the loop
+        loop.call_soon_threadsafe(context.run, self._start, coro)
 
     def _start(self, coro: Coroutine[Any, Any, T]) -> None:
         self._task = self._loop.create_task(coro)

@@ -165,6 +165,10 @@ class MiraiMagics(Magics):
         request.interp = False
         return run_cell(request, self.session, self.shell, self._namespace())
 
+    # [wiring: `%mirai memory …` (issue 4)]
+    # [wiring: `%mirai metrics …` (issue 5)]
+    # [wiring: `%mirai log …` and `%mirai replay …` (issue 6)]
+
     # --- hooks and lifecycle ---------------------------------------------------------
 
     def post_run_cell(self, result: Any) -> None:
@@ -174,6 +178,7 @@ class MiraiMagics(Magics):
         if error is not None and count is not None:
             lines = traceback.format_exception(type(error), error, error.__traceback__)
             self.errors[count] = "".join(lines)[-8000:]
+        # [wiring: hand the cell to the memory indexer (issue 4)]
 
     def _namespace(self) -> dict[str, Any]:
         ns = self.shell.user_ns
