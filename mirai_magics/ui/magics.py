@@ -89,7 +89,8 @@ class MiraiMagics(Magics):
             request = request_from_args(args, cell, self.session)
         except Exception as exc:
             return _fail(exc)
-        return run_cell(request, self.session, self.shell, self._namespace())
+        run_cell(request, self.session, self.shell, self._namespace())
+        return None  # the reply is in `_mirai`; returning it would add an Out[] entry
 
     # --- line commands ------------------------------------------------------------
 
@@ -156,14 +157,14 @@ class MiraiMagics(Magics):
 
         return model_picker(self.session)
 
-    def _cmd_fix(self, rest: list[str]) -> Any:
+    def _cmd_fix(self, rest: list[str]) -> None:
         from .cell import CellRequest, run_cell
         from .fix import fix_prompt
 
         prompt = fix_prompt(self.errors, self.shell.user_ns.get("In", []))
         request = CellRequest(text=prompt, profile="heavy", fmt="markdown", overrides={})
         request.interp = False
-        return run_cell(request, self.session, self.shell, self._namespace())
+        run_cell(request, self.session, self.shell, self._namespace())
 
     # [wiring: `%mirai memory …` (issue 4)]
     # [wiring: `%mirai metrics …` (issue 5)]
@@ -176,8 +177,7 @@ class MiraiMagics(Magics):
         error = result.error_in_exec or result.error_before_exec
         count = result.execution_count
         if error is not None and count is not None:
-            lines = traceback.format_exception(type(error), error, error.__traceback__)
-            self.errors[count] = "".join(lines)[-8000:]
+            self.errors[count] = format_error(error)
         # [wiring: hand the cell to the memory indexer (issue 4)]
 
     def _namespace(self) -> dict[str, Any]:
@@ -207,6 +207,16 @@ class _LayeredNamespace(dict):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.user_ns[key] = value
+
+
+def format_error(error: BaseException) -> str:
+    """The traceback of a cell's error without IPython's own frames, capped in size."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if "IPython/core" not in f.filename
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(error), error)
+    return "".join(lines)[-8000:]
 
 
 def _parse(func: Any, line: str, config: Any) -> Any:
