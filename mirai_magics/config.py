@@ -303,6 +303,11 @@ class Config(Strict):
         return data
 
 
+def home_dir(config: Config) -> Path:
+    """Where memory and the call log live: $MIRAI_HOME, else memory.dir under the cwd."""
+    return Path(os.environ.get("MIRAI_HOME") or config.memory.dir).expanduser().resolve()
+
+
 # --- loading -----------------------------------------------------------------
 
 
