@@ -231,10 +231,25 @@ def test_fallback_heavy_to_main_on_persistent_429(session, offline_server):
     assert models == ["gpt-4o"] * 4 + ["gpt-4o-mini"]
 
 
+def test_fallback_on_persistent_5xx(session, offline_server):
+    offline_server.script(["500"] * 4 + ["ok"])
+    reply = session.chat(HELLO, "heavy")
+    assert (reply.record.model, reply.record.degraded_reason) == ("gpt-4o-mini", "5xx")
+    assert reply.record.attempts == 5
+
+
+def test_timeouts_do_not_fall_back(make_session, offline_server):
+    session = make_session("defaults: {timeout_s: 0.2}")
+    offline_server.set_faults(hang=True)
+    with pytest.raises(RetriesExhaustedError, match="timed out after 4 attempt"):
+        session.chat(HELLO, "heavy")
+    assert offline_server.stats_snapshot()["by_model"] == {"gpt-4o": 4}
+
+
 def test_fallback_on_open_breaker(session, offline_server):
-    offline_server.script(["500"] * 5)
-    with pytest.raises(RetriesExhaustedError):
-        session.chat(HELLO, "heavy")  # 4 counted failures; 5xx alone never falls back
+    offline_server.script(["500"] * 4 + ["ok"])
+    session.chat(HELLO, "heavy")  # 4 counted failures on gpt-4o, then main answers
+    offline_server.script(["500", "ok"])
     reply = session.chat(HELLO, "heavy")  # the 5th failure opens the breaker mid-call
     assert session.breaker_states()["gpt-4o"] == "open"
     assert (reply.record.model, reply.record.degraded_reason) == ("gpt-4o-mini", "circuit_open")

@@ -157,11 +157,11 @@ class ResilientClient:
                     )
             except (CircuitOpenError, RetriesExhaustedError) as exc:
                 fallback = self.config.fallback_for(name)
-                rate_limited = isinstance(exc, RetriesExhaustedError) and exc.last_reason == "429"
-                if fallback is None or not (rate_limited or isinstance(exc, CircuitOpenError)):
+                reason = fallback_reason(exc)
+                if fallback is None or reason is None:
                     raise
                 record.degraded_from = record.degraded_from or record.requested_profile
-                record.degraded_reason = "429" if rate_limited else "circuit_open"
+                record.degraded_reason = reason
                 name = fallback
 
     def _admitted(self, kind: str, record: CallRecord, background: bool) -> Any:
@@ -310,6 +310,21 @@ def _take_usage(record: CallRecord, usage: Any) -> None:
     if usage is not None:
         record.tokens_in = usage.prompt_tokens
         record.tokens_out = usage.completion_tokens
+
+
+def fallback_reason(exc: MiraiError) -> str | None:
+    """Why a failed profile may hand over to the next one in the chain, or None.
+
+    Rate limits, an open breaker and server errors are per model, so another model can
+    help; timeouts and connection errors usually hit the whole endpoint, so they end the call.
+    """
+    if isinstance(exc, CircuitOpenError):
+        return "circuit_open"
+    if isinstance(exc, RetriesExhaustedError) and exc.last_reason == "429":
+        return "429"
+    if isinstance(exc, RetriesExhaustedError) and exc.status is not None and exc.status >= 500:
+        return "5xx"
+    return None
 
 
 def _as_mirai_error(exc: Exception, record: CallRecord, cap: float) -> MiraiError:

@@ -78,8 +78,9 @@ def server_from_args(args: argparse.Namespace) -> OfflineServer:
 
 async def _serve(srv: OfflineServer) -> None:
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, srv.request_stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # graceful stop on Ctrl-C and kill
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, srv.request_stop)
 
     def announce(server: OfflineServer) -> None:
         print(f"mirai offline server listening on {server.url} (Ctrl-C to stop)", flush=True)

@@ -52,8 +52,10 @@ def request_from_args(args: Any, text: str, session: Any) -> CellRequest:
         overrides["response_format"] = {"type": "json_object"}
     if args.out is not None and not args.out.isidentifier():
         raise UsageError(f"--out needs a Python identifier, got {args.out!r}")
+    if not text.strip():
+        raise UsageError("the cell is empty", hint="write the prompt on the lines below %%mirai")
     return CellRequest(
-        text=text,
+        text=text.strip(),
         profile=profile,
         fmt=fmt,
         overrides=overrides,

@@ -2,8 +2,9 @@
 
 Only a brace pair that holds nothing but a reference is a candidate; anything else (dict
 literals, JSON, ``{}`` in code, format specs) stays literal. A reference whose root name is
-not defined stays literal and is reported; ``{{`` and ``}}`` are literal braces. One pass:
-a substituted value is never scanned again.
+not defined stays literal and is reported; ``{{name}}`` is the escape for a literal
+``{name}`` (other double braces, as in code, are left alone). One pass: a substituted value
+is never scanned again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _STEP = r"(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]\\]*'|\"[^\"\]\\]*\")\])"
-_REF = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*" + _STEP + r"*)\}")
+_NAME = r"[A-Za-z_]\w*" + _STEP + "*"
+_REF = re.compile(r"\{\{(" + _NAME + r")\}\}|\{(" + _NAME + r")\}")
 _STEPS = re.compile(_STEP)
 MAX_VALUE_CHARS = 20_000
 
@@ -35,9 +37,9 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> Interpolated:
     result = Interpolated(text)
 
     def substitute(match: re.Match[str]) -> str:
-        ref = match.group(1)
-        if ref is None:  # an escaped brace
-            return match.group(0)[0]
+        if match.group(1) is not None:  # {{name}}: the escape for a literal {name}
+            return "{" + match.group(1) + "}"
+        ref = match.group(2)
         root = ref.split(".", 1)[0].split("[", 1)[0]
         if root not in namespace:
             result.undefined.append(ref)

@@ -11,7 +11,21 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Unicode
 
-LINE_COMMANDS = ("status", "use", "config", "fix", "picker", "history", "reset", "reload", "help")
+from ..client.errors import MiraiError
+
+LINE_COMMANDS = (
+    "status",
+    "use",
+    "config",
+    "fix",
+    "picker",
+    "history",
+    "reset",
+    "reload",
+    "log",
+    "replay",
+    "help",
+)
 FORMATS = ("markdown", "code", "text", "json")
 
 
@@ -87,7 +101,7 @@ class MiraiMagics(Magics):
             from .cell import request_from_args, run_cell
 
             request = request_from_args(args, cell, self.session)
-        except Exception as exc:
+        except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
             return _fail(exc)
         run_cell(request, self.session, self.shell, self._namespace())
         return None  # the reply is in `_mirai`; returning it would add an Out[] entry
@@ -95,19 +109,17 @@ class MiraiMagics(Magics):
     # --- line commands ------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
-        words = shlex.split(line) if line.strip() else ["help"]
-        command, rest = words[0], words[1:]
-        handler = getattr(self, f"_cmd_{command}", None)
-        if handler is None:
-            return _fail(
-                ValueError(
+        try:
+            words = shlex.split(line) if line.strip() else ["help"]
+            command, rest = words[0], words[1:]
+            handler = getattr(self, f"_cmd_{command}", None)
+            if handler is None:
+                raise ValueError(
                     f"unknown command {command!r} — use one of: {', '.join(LINE_COMMANDS)} "
                     "(or %%mirai for a prompt)"
                 )
-            )
-        try:
             return handler(rest)
-        except Exception as exc:
+        except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
             return _fail(exc)
 
     def _cmd_help(self, rest: list[str]) -> None:
@@ -168,7 +180,15 @@ class MiraiMagics(Magics):
 
     # [wiring: `%mirai memory …` (issue 4)]
     # [wiring: `%mirai metrics …` (issue 5)]
-    # [wiring: `%mirai log …` and `%mirai replay …` (issue 6)]
+    def _cmd_log(self, rest: list[str]) -> None:
+        from .log_cmd import show_log
+
+        show_log(self.session, rest)
+
+    def _cmd_replay(self, rest: list[str]) -> None:
+        from .log_cmd import replay_command
+
+        replay_command(self.session, rest)
 
     # --- hooks and lifecycle ---------------------------------------------------------
 

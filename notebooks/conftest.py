@@ -1,0 +1,8 @@
+"""nbval runs these notebooks offline: no real key, no streaming (nbval ignores display updates)."""
+
+import os
+
+for name in ("OPENAI_API_KEY", "MIRAI_BASE_URL", "OPENAI_BASE_URL", "MIRAI_CONFIG", "MIRAI_REPLAY"):
+    os.environ.pop(name, None)
+os.environ["MIRAI_STREAM"] = "0"
+os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable
