@@ -2,7 +2,15 @@
 
 import os
 
-for name in ("OPENAI_API_KEY", "MIRAI_BASE_URL", "OPENAI_BASE_URL", "MIRAI_CONFIG", "MIRAI_REPLAY"):
+LIVE_SETTINGS = (
+    "OPENAI_API_KEY",
+    "MIRAI_BASE_URL",
+    "OPENAI_BASE_URL",
+    "MIRAI_CONFIG",
+    "MIRAI_REPLAY",
+    "MIRAI_RECORD",
+)
+for name in LIVE_SETTINGS:
     os.environ.pop(name, None)
 os.environ["MIRAI_STREAM"] = "0"
 os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable

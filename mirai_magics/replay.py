@@ -1,0 +1,191 @@
+"""Replay mode: answer chat calls from a recorded call log or cassette, with no network.
+
+A request is looked up by :func:`~mirai_magics.calllog.request_key` (model, messages,
+parameters). When the same request was recorded several times, the n-th identical call
+gets the n-th recorded answer of the latest recording run that made it, so a notebook
+replays exactly. A miss raises :class:`ReplayMissError` naming the cell (strict mode) or
+lets the live call proceed (``MIRAI_REPLAY_MODE=fallthrough``). While ``MIRAI_RECORD`` is
+set replay stays off: a recording run always calls the live model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .calllog import BUSY_TIMEOUT_MS, current_cell, last_user_text, prompt_key, request_key
+from .client.errors import ConfigError, ReplayMissError
+from .redact import redact_all
+
+MODES = ("strict", "fallthrough")
+_LOOKUP = """
+SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id FROM calls
+WHERE request_hash = ? AND kind = 'chat' AND error IS NULL AND response IS NOT NULL
+ORDER BY seq
+"""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recorded answer."""
+
+    text: str
+    tokens_in: int | None
+    tokens_out: int | None
+    finish_reason: str | None
+    offline: bool
+    call_id: str
+
+
+def replay_mode(value: str | None) -> str:
+    """``MIRAI_REPLAY_MODE`` → strict (default) or fallthrough; anything else is an error."""
+    mode = (value or "strict").strip().lower()
+    if mode not in MODES:
+        raise ConfigError(
+            f"MIRAI_REPLAY_MODE={value!r} is not a replay mode",
+            hint="use strict (default) or fallthrough",
+        )
+    return mode
+
+
+def recording_path() -> str | None:
+    """The MIRAI_RECORD cassette path, when recording."""
+    return os.environ.get("MIRAI_RECORD") or None
+
+
+def replay_from_env() -> Replay | None:
+    """A Replay for ``MIRAI_REPLAY`` (None when unset or while MIRAI_RECORD is recording)."""
+    path = os.environ.get("MIRAI_REPLAY")
+    if not path or recording_path():
+        return None
+    return Replay(path, replay_mode(os.environ.get("MIRAI_REPLAY_MODE")))
+
+
+def chunks(text: str, pieces: int = 4) -> list[str]:
+    """``text`` cut at spaces into about ``pieces`` parts whose concatenation is ``text``."""
+    size = max(1, len(text) // pieces)
+    out: list[str] = []
+    start = 0
+    while start < len(text):
+        end = text.find(" ", start + size)
+        end = len(text) if end < 0 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+class Replay:
+    """The ``client.replay`` seam: ``await answer(record, params, messages, on_text)``."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "strict"):
+        self.path = Path(path).expanduser().resolve()
+        self.shown_path = str(path)
+        self.mode = replay_mode(mode)
+        self.hits = 0
+        self.misses = 0
+        self._seen: Counter[str] = Counter()
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"<mirai Replay {self.shown_path} ({self.mode}, {self.hits} hits)>"
+
+    async def answer(
+        self,
+        record: Any,
+        params: dict[str, Any],
+        messages: list[dict[str, Any]],
+        on_text: Any = None,
+    ) -> str | None:
+        """The recorded answer (record filled in), None to go live, or ReplayMissError."""
+        key = request_key(params, messages)
+        found = self.lookup(key, self._seen[key])
+        if found is None:
+            self.misses += 1
+            if self.mode == "fallthrough":
+                return None
+            raise ReplayMissError(self._miss_message(record, messages))
+        self._seen[key] += 1
+        self.hits += 1
+        _fill(record, found)
+        if on_text is not None:
+            for piece in chunks(found.text):
+                on_text(piece)
+                await asyncio.sleep(0)
+        return found.text
+
+    def lookup(self, key: str, occurrence: int = 0) -> Recording | None:
+        """The ``occurrence``-th answer to ``key`` in the latest run that recorded it."""
+        rows = self._connection().execute(_LOOKUP, (key,)).fetchall()
+        if not rows:
+            return None
+        latest = [row for row in rows if row[0] == rows[-1][0]]
+        _session, text, tokens_in, tokens_out, finish, offline, call_id = latest[
+            min(occurrence, len(latest) - 1)
+        ]
+        return Recording(text, tokens_in, tokens_out, finish, bool(offline), call_id)
+
+    def count(self) -> int:
+        """How many successful chat answers the file holds."""
+        query = "SELECT COUNT(*) FROM calls WHERE kind = 'chat' AND error IS NULL"
+        return int(self._connection().execute(query).fetchone()[0])
+
+    def _miss_message(self, record: Any, messages: list[dict[str, Any]]) -> str:
+        cell = current_cell()
+        where = f"cell {cell}" if cell else "this request"
+        prompt = " ".join(last_user_text(messages).split())
+        prompt = redact_all(prompt if len(prompt) <= 60 else prompt[:59] + "…")
+        rows = self._connection().execute(
+            "SELECT COUNT(*) FROM calls WHERE prompt_hash = ?", (prompt_key(messages),)
+        )
+        why = (
+            "the prompt was recorded, but with other history, system prompt or options"
+            if rows.fetchone()[0]
+            else "this prompt was never recorded"
+        )
+        return (
+            f"replay: no recording for {where} ({record.profile}/{record.model}: "
+            f'"{prompt}") in {self.path.name}: {why}'
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_cassette(self.path)
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def open_cassette(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a call log or cassette; ConfigError when it is missing."""
+    if not path.is_file():
+        raise ConfigError(
+            f"replay file {path} does not exist",
+            hint="record one with MIRAI_RECORD=path, or fix the path",
+        )
+    conn = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+    )
+    try:
+        conn.execute("SELECT request_hash, prompt_hash FROM calls LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ConfigError(
+            f"replay file {path} is not a mirai call log ({exc})",
+            hint="point MIRAI_REPLAY or `%mirai replay` at a file written by MIRAI_RECORD",
+        ) from None
+    return conn
+
+
+def _fill(record: Any, found: Recording) -> None:
+    record.tokens_in, record.tokens_out = found.tokens_in, found.tokens_out
+    record.finish_reason, record.offline = found.finish_reason, found.offline
+    record.replayed, record.attempts = True, 1
+    record.extra["replayed_from"] = found.call_id

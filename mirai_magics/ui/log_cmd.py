@@ -1,0 +1,153 @@
+"""`%mirai log [-n N] [--json]` and `%mirai replay PATH|off|status`: the call log in a notebook."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from typing import Any
+
+from IPython.display import display
+
+from ..client.errors import UsageError
+from .render import show_note
+from .status import show_table
+
+LOG_USAGE = "usage: %mirai log [-n N] [--json]"
+REPLAY_USAGE = "usage: %mirai replay PATH [--fallthrough] | off | status"
+_COLUMNS = (
+    "time",
+    "cell",
+    "profile/model",
+    "tokens",
+    "latency",
+    "tries",
+    "outcome",
+    "prompt",
+    "answer",
+)
+
+
+def parse_log_args(rest: list[str]) -> tuple[int, bool]:
+    """``-n N`` (default 10) and ``--json`` → (limit, as_json)."""
+    limit, as_json, words = 10, False, list(rest)
+    while words:
+        word = words.pop(0)
+        if word == "--json":
+            as_json = True
+        elif word in ("-n", "--limit") and words and words[0].isdigit():
+            limit = int(words.pop(0))
+        elif word.startswith("-n") and word[2:].isdigit():
+            limit = int(word[2:])
+        else:
+            raise UsageError(f"unexpected {word!r}", hint=LOG_USAGE)
+    return limit, as_json
+
+
+def log_row(call: dict[str, Any]) -> tuple[str, ...]:
+    """One call as table cells (pure)."""
+    tokens = f"{_num(call['tokens_in'])} → {_num(call['tokens_out'])}"
+    flags = [name for name in ("replayed", "offline") if call.get(name)]
+    if call.get("degraded_from"):
+        flags.append(f"degraded from {call['degraded_from']}")
+    if call.get("retry_reasons"):
+        flags.append("retried " + ",".join(call["retry_reasons"]))
+    outcome = call["error_code"] or "ok"
+    prompts = [m for m in call.get("messages") or [] if m.get("role") == "user"]
+    prompt = str(prompts[-1].get("content", "")) if prompts else ""
+    return (
+        time.strftime("%H:%M:%S", time.localtime(call["time"])),
+        call.get("cell") or "",
+        f"{call['profile']}/{call['model']}",
+        tokens,
+        f"{call['latency_ms'] or 0:,.0f} ms",
+        str(call["attempts"]),
+        " · ".join([outcome, *flags]),
+        _clip(prompt),
+        _clip(call["error"] or call["response"] or ""),
+    )
+
+
+def show_log(session: Any, rest: list[str]) -> None:
+    """Print the last N calls of the session's call log as a table (or JSON)."""
+    from ..calllog import main_log_path, read_calls
+
+    limit, as_json = parse_log_args(rest)
+    path = main_log_path(session.config)
+    if not session.config.observability.call_log.enabled:
+        show_note("the call log is off (observability.call_log.enabled: false)")
+        return
+    calls = read_calls(path, limit)
+    if as_json:
+        print(json.dumps(calls, indent=2, ensure_ascii=False))
+    elif not calls:
+        show_note(f"no calls logged yet in {path}")
+    else:
+        _show_calls(f"last {len(calls)} call(s) in {path}", [log_row(c) for c in calls])
+
+
+def _show_calls(title: str, rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [_COLUMNS, *rows]
+    ]
+    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in _COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
+    markup = (
+        f"<table class='mirai-log'><caption>{html.escape(title)}</caption>"
+        f"<tr>{head}</tr>{body}</table>"
+    )
+    display({"text/html": markup, "text/plain": "\n".join([title, *lines])}, raw=True)
+
+
+def replay_command(session: Any, rest: list[str]) -> None:
+    """Turn replay on from PATH (strict unless --fallthrough), off, or show its status."""
+    from ..replay import Replay, recording_path, replay_mode
+
+    words = [w for w in rest if w != "--fallthrough"]
+    if len(words) != 1:
+        raise UsageError("expected one argument", hint=REPLAY_USAGE)
+    arg = words[0]
+    if arg == "status":
+        return replay_status(session)
+    if arg == "off":
+        session.set_replay(None)
+        return show_note("replay off: calls go to the live endpoint")
+    if recording_path():
+        return show_note(f"recording to {recording_path()} (MIRAI_RECORD is set): replay stays off")
+    mode = "fallthrough" if "--fallthrough" in rest else os.environ.get("MIRAI_REPLAY_MODE")
+    replay = Replay(arg, replay_mode(mode))
+    count = replay.count()  # fails here, not at the first call, when the file is wrong
+    session.set_replay(replay)
+    show_note(f"replaying {count} recorded answer(s) from {arg} ({replay.mode})")
+
+
+def replay_status(session: Any) -> None:
+    from ..replay import recording_path
+
+    replay = session.replay
+    rows = [("recording to", recording_path() or "off")]
+    if replay is None:
+        rows.insert(0, ("replay", "off"))
+    else:
+        rows[:0] = [
+            ("replay", replay.mode),
+            ("file", replay.shown_path),
+            ("recorded answers", str(replay.count())),
+            ("hits / misses", f"{replay.hits} / {replay.misses}"),
+        ]
+    show_table("mirai replay", rows)
+
+
+def _num(value: Any) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

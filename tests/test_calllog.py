@@ -1,0 +1,207 @@
+"""The SQLite call log: every call with its fields, secrets redacted, shared by kernels."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from kernelutil import Kernel, kernel_env
+
+from mirai_magics.calllog import read_calls
+from mirai_magics.client.errors import ClientRequestError, RetriesExhaustedError
+from mirai_magics.config import parse_config
+from mirai_magics.session import Session
+from mirai_magics.ui.cell import CellRequest
+from mirai_magics.ui.log_cmd import log_row, parse_log_args
+
+KEY = "sk-test-calllog-0123456789abcdef"
+SECRET = "plain-db-secret-4711"  # not key-shaped: redacted because its variable says TOKEN
+FAST_RETRIES = "defaults: {backoff: {initial_ms: 1, max_ms: 2}}\nmemory: {enabled: false}\n"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    for name in ("MIRAI_RECORD", "MIRAI_REPLAY", "MIRAI_CONFIG", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("MIRAI_DB_TOKEN", SECRET)
+
+
+@pytest.fixture
+def make(offline_server, monkeypatch):
+    monkeypatch.setenv("MIRAI_BASE_URL", offline_server.url)
+    made: list[Session] = []
+
+    def session(extra: str = "") -> Session:
+        made.append(Session(parse_config(FAST_RETRIES + extra, "test.yaml")))
+        return made[-1]
+
+    yield session
+    for item in made:
+        item.close()
+
+
+def calls(tmp_path: Path) -> list[dict]:
+    return read_calls(tmp_path / "home" / "calls.sqlite", 100)
+
+
+def test_every_call_is_logged_with_its_fields_and_no_secret(make, offline_server, tmp_path):
+    session = make()
+    prompt = f"my key is {KEY} and the db token is {SECRET}"
+    reply = session.chat([{"role": "user", "content": prompt}], "main", max_tokens=300)
+    offline_server.set_faults(force_status=400)
+    with pytest.raises(ClientRequestError):
+        session.chat([{"role": "user", "content": "rejected"}], "fast")
+    offline_server.set_faults(force_status=500)
+    with pytest.raises(RetriesExhaustedError):
+        session.chat([{"role": "user", "content": "failing"}], "fast")
+    offline_server.set_faults(force_status=None)
+    session.embed(["a cell"])
+    session.close()
+
+    ok, rejected, failed, embedded = calls(tmp_path)
+    assert ok["response"] == reply.text.replace(KEY, "[REDACTED]").replace(SECRET, "[REDACTED]")
+    assert ok["messages"] == [
+        {"role": "user", "content": "my key is [REDACTED] and the db token is [REDACTED]"}
+    ]
+    assert ok["params"] == {
+        "model": "gpt-4o-mini",
+        "temperature": 0.25,
+        "top_p": 1.0,
+        "max_tokens": 300,
+    }
+    assert (ok["profile"], ok["model"], ok["attempts"], ok["error"]) == (
+        "main",
+        "gpt-4o-mini",
+        1,
+        None,
+    )
+    assert ok["tokens_in"] == reply.record.tokens_in and ok["tokens_out"] > 0
+    assert ok["latency_ms"] > 0 and ok["time"] > 1.7e9 and ok["session"] and ok["conversation"]
+    assert ok["request_hash"] and ok["offline"] and not ok["replayed"]
+    assert rejected["error_code"] == "client_error" and rejected["attempts"] == 1
+    assert "HTTP 400" in rejected["error"] and rejected["response"] is None
+    assert failed["error_code"] == "retries_exhausted" and failed["attempts"] == 4
+    assert failed["retry_reasons"] == ["500", "500", "500", "500"]
+    assert embedded["kind"] == "embeddings" and embedded["messages"] is None
+    assert embedded["params"]["model"] == "text-embedding-3-large"
+    for path in (tmp_path / "home").iterdir():  # the database, its WAL and shared memory
+        data = path.read_bytes()
+        assert KEY.encode() not in data and SECRET.encode() not in data, path
+
+
+def test_prompts_stay_out_when_include_prompts_is_off(make, tmp_path):
+    session = make("observability: {call_log: {include_prompts: false}}")
+    session.chat([{"role": "user", "content": "private words"}])
+    session.close()
+    (row,) = calls(tmp_path)
+    assert row["messages"] is None and row["request_hash"]
+    assert b'"content":"private words"' not in (tmp_path / "home" / "calls.sqlite").read_bytes()
+
+
+def test_disabled_log_writes_nothing(make, tmp_path):
+    make("observability: {call_log: {enabled: false}}").chat([{"role": "user", "content": "x"}])
+    assert not (tmp_path / "home").exists()
+
+
+def test_reload_keeps_one_writer_per_log(make, tmp_path):
+    session = make()
+    session.chat([{"role": "user", "content": "before"}])
+    session.reload()
+    session.chat([{"role": "user", "content": "after"}])
+    rows = calls(tmp_path)
+    assert [r["messages"][-1]["content"] for r in rows] == ["before", "after"]
+    assert rows[0]["session"] == rows[1]["session"]
+
+
+def test_conversation_follows_the_history(make, tmp_path):
+    session = make()
+
+    def cell(text: str) -> None:
+        request = CellRequest(text=text, profile="main", fmt="markdown", overrides={})
+        prepared = session.prepare(text, request)
+        session.remember(prepared, session.send_prepared(prepared))
+
+    cell("first")
+    cell("second, with the first turn as history")
+    session.history.clear()
+    cell("a fresh start")
+    rows = calls(tmp_path)
+    assert rows[0]["conversation"] == rows[1]["conversation"] != rows[2]["conversation"]
+    assert len(rows[1]["messages"]) == 4
+
+
+def test_log_command_helpers():
+    assert parse_log_args([]) == (10, False)
+    assert parse_log_args(["-n", "3", "--json"]) == (3, True)
+    assert parse_log_args(["-n5"]) == (5, False)
+    with pytest.raises(Exception, match="usage: %mirai log"):
+        parse_log_args(["--bogus"])
+    row = {
+        "time": 0,
+        "cell": "[2]",
+        "profile": "main",
+        "model": "m",
+        "tokens_in": 3,
+        "tokens_out": None,
+        "latency_ms": 12.4,
+        "attempts": 2,
+        "error_code": None,
+        "error": None,
+        "response": "hi\nthere",
+        "replayed": True,
+        "offline": False,
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "degraded_from": "heavy",
+        "retry_reasons": ["429"],
+    }
+    cells = log_row(row)
+    assert cells[1:] == (
+        "[2]",
+        "main/m",
+        "3 → ?",
+        "12 ms",
+        "2",
+        "ok · replayed · degraded from heavy · retried 429",
+        "q",
+        "hi there",
+    )
+
+
+LOOP = """
+s = get_ipython().find_magic('mirai').__self__.session
+for i in range(25):
+    s.chat([{{"role": "user", "content": "{tag} " + str(i)}}], "fast")
+print("done")
+"""
+
+
+@pytest.mark.kernel
+def test_two_kernels_share_the_log_and_it_survives_a_restart(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIRAI_HOME")
+    env = kernel_env(MIRAI_DB_TOKEN=SECRET)  # no key: each kernel has its own offline server
+    with Kernel(tmp_path, env) as a, Kernel(tmp_path, env) as b:
+        for k in (a, b):
+            k.run("%load_ext mirai_magics")
+        ids = [k.kc.execute(LOOP.format(tag=tag)) for k, tag in ((a, "A"), (b, "B"))]
+        for k, msg_id in zip((a, b), ids, strict=True):
+            assert k.collect(msg_id).text.strip().endswith("done")
+        a.restart()
+        a.run("%load_ext mirai_magics")
+        a.run("%%mirai fast\nafter the restart")
+        table = a.run("%mirai log -n 3").text
+        dumped = json.loads(a.run("%mirai log -n 100 --json").text)
+
+    path = tmp_path / ".mirai" / "calls.sqlite"  # the default home: .mirai under the cwd
+    assert "after the restart" in table and "fast/gpt-3.5-turbo" in table and "cell" in table
+    assert len(dumped) == 51 and dumped[-1]["cell"] == "[2]"
+    assert {d["messages"][-1]["content"] for d in dumped[:-1]} == {
+        f"{tag} {i}" for tag in "AB" for i in range(25)
+    }
+    assert len({d["id"] for d in dumped}) == 51 and len({d["session"] for d in dumped}) == 3
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()

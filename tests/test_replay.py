@@ -1,0 +1,242 @@
+"""Replay mode: record against a varying offline server, then answer exactly from the cassette."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from kernelutil import REPO, kernel_env
+from nbclient import NotebookClient
+
+from mirai_magics.calllog import request_key
+from mirai_magics.client.errors import ConfigError, ReplayMissError
+from mirai_magics.config import parse_config
+from mirai_magics.replay import Replay, chunks, replay_from_env
+from mirai_magics.server import OfflineServer
+from mirai_magics.session import Session, StreamRestart
+
+KEY = "sk-test-replay-0123456789abcdef"
+NOTEBOOK = REPO / "notebooks" / "replay.ipynb"
+CASSETTE = REPO / "notebooks" / "replay.cassette.sqlite"
+SANITIZE = REPO / "notebooks" / "nbval_sanitize.cfg"
+
+
+def chat_requests(server: OfflineServer) -> int:
+    return server.stats_snapshot().by_path.get("/v1/chat/completions", 0)
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    for name in ("MIRAI_RECORD", "MIRAI_REPLAY", "MIRAI_REPLAY_MODE", "MIRAI_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def varying():
+    # A random seed: the recorded variants cannot be reproduced by any later live run.
+    with OfflineServer(vary=True, seed=int.from_bytes(os.urandom(4), "big")).start() as srv:
+        yield srv
+
+
+@pytest.fixture
+def sessions(varying, monkeypatch):
+    monkeypatch.setenv("MIRAI_BASE_URL", varying.url)
+    made: list[Session] = []
+
+    def make() -> Session:
+        made.append(Session(parse_config("memory: {enabled: false}", "test.yaml")))
+        return made[-1]
+
+    yield make
+    for session in made:
+        session.close()
+
+
+def record(make, monkeypatch, cassette: Path, prompts: list[str]) -> list[str]:
+    monkeypatch.setenv("MIRAI_RECORD", str(cassette))
+    session = make()
+    texts = [session.chat(ask(p)).text for p in prompts]
+    session.close()
+    monkeypatch.delenv("MIRAI_RECORD")
+    return texts
+
+
+def test_request_key_is_stable_and_sees_every_part():
+    params = {"model": "gpt-4o-mini", "temperature": 0.25, "max_tokens": 10}
+    key = request_key(params, ask("hi"))
+    assert key == request_key(dict(reversed(params.items())), ask("hi"))
+    assert key != request_key({**params, "temperature": 0.3}, ask("hi"))
+    assert key != request_key({**params, "model": "gpt-4o"}, ask("hi"))
+    assert key != request_key(params, ask("hi!"))
+    assert all("".join(chunks(t)) == t for t in ("", "one", "a b c d e f g h", "x " * 50))
+    assert len(chunks("word " * 40)) > 2
+
+
+def test_record_then_replay_exactly_in_order_without_network(
+    sessions, varying, monkeypatch, tmp_path
+):
+    cassette = tmp_path / "run.cassette.sqlite"
+    texts = record(sessions, monkeypatch, cassette, ["same", "same", "other"])
+    assert texts[0] != texts[1] and "[variant " in texts[0]  # the server varies its answers
+    assert not list(tmp_path.glob("run.cassette.sqlite-*"))  # one committable file
+    sent = chat_requests(varying)
+
+    session = sessions()
+    session.set_replay(Replay(cassette))
+    replies = [session.chat(ask(p)) for p in ["same", "same", "other", "same"]]
+    assert [r.text for r in replies] == [*texts, texts[1]]
+    record_ = replies[0].record
+    assert (record_.replayed, record_.attempts, record_.offline) == (True, 1, True)
+    assert record_.tokens_out and record_.tokens_in and record_.finish_reason == "stop"
+    streamed = list(session.stream_chat(ask("other")))
+    pieces = [p for p in streamed if isinstance(p, str)]
+    assert len(pieces) > 1 and "".join(pieces) == texts[2]
+    assert not any(isinstance(p, StreamRestart) for p in streamed)
+    assert streamed[-1].record.replayed
+    assert chat_requests(varying) == sent  # nothing went over the network
+
+
+def test_strict_miss_explains_and_fallthrough_goes_live(sessions, varying, monkeypatch, tmp_path):
+    cassette = tmp_path / "c.sqlite"
+    record(sessions, monkeypatch, cassette, ["recorded prompt"])
+    session = sessions()
+    session.set_replay(Replay(cassette))
+    with pytest.raises(ReplayMissError, match="never recorded") as miss:
+        session.chat(ask("a prompt nobody recorded"))
+    assert '"a prompt nobody recorded"' in str(miss.value) and "MIRAI_REPLAY_MODE" in str(
+        miss.value
+    )
+    with pytest.raises(ReplayMissError, match="other history, system prompt or options"):
+        session.chat(ask("recorded prompt"), temperature=0.5)
+    assert session.records[-1].error_code == "replay_miss"
+
+    sent = chat_requests(varying)
+    session.set_replay(Replay(cassette, "fallthrough"))
+    live = session.chat(ask("a prompt nobody recorded"))
+    assert not live.record.replayed and "[variant " in live.text
+    assert chat_requests(varying) == sent + 1
+    assert session.replay.misses == 1
+
+
+def test_environment_switches(sessions, monkeypatch, tmp_path):
+    cassette = tmp_path / "c.sqlite"
+    record(sessions, monkeypatch, cassette, ["hello"])
+    monkeypatch.setenv("MIRAI_REPLAY", str(cassette))
+    assert replay_from_env().mode == "strict"
+    assert sessions().chat(ask("hello")).record.replayed
+    monkeypatch.setenv("MIRAI_REPLAY_MODE", "fallthrough")
+    assert replay_from_env().mode == "fallthrough"
+    monkeypatch.setenv("MIRAI_RECORD", str(tmp_path / "new.sqlite"))
+    assert replay_from_env() is None  # a recording run always goes live
+    monkeypatch.delenv("MIRAI_RECORD")
+    monkeypatch.setenv("MIRAI_REPLAY_MODE", "lenient")
+    with pytest.raises(ConfigError, match=r"strict \(default\) or fallthrough"):
+        replay_from_env()
+    monkeypatch.setenv("MIRAI_REPLAY_MODE", "strict")
+    monkeypatch.setenv("MIRAI_REPLAY", str(tmp_path / "missing.sqlite"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        sessions().chat(ask("hello"))
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ConfigError, match="not a mirai call log"):
+        Replay(tmp_path / "junk.sqlite").count()
+
+
+# --- the notebook ------------------------------------------------------------------------------
+
+
+def execute(notebook: Path, env: dict[str, str]) -> nbformat.NotebookNode:
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute(env=env, cwd=str(notebook.parent))
+    return nb
+
+
+def answers(nb: nbformat.NotebookNode) -> list[str]:
+    """The text of every answer (not badges, not notes) in a notebook's outputs."""
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.startswith("%%mirai"):
+            found += [
+                o.data["text/plain"]
+                for o in cell.outputs
+                if "data" in o and not o.data["text/plain"].startswith("[mirai]")
+            ]
+    return found
+
+
+def badges(nb: nbformat.NotebookNode) -> list[str]:
+    texts = [
+        o.data.get("text/plain", "") for c in nb.cells for o in c.get("outputs", []) if "data" in o
+    ]
+    return [t for t in texts if t.startswith("[mirai]")]
+
+
+def nbval(notebook: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    command += ["--nbval"]
+    command += ["--nbval-sanitize-with", str(SANITIZE), str(notebook)]
+    return subprocess.run(
+        command, cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def replay_env(home: Path) -> dict[str, str]:
+    return kernel_env(MIRAI_STREAM="0", MIRAI_HOME=str(home), MIRAI_USER="notebook")
+
+
+@pytest.mark.kernel
+def test_notebook_recorded_against_varying_server_replays_exactly(varying, tmp_path):
+    work = tmp_path / "nb"
+    work.mkdir()
+    shutil.copy(NOTEBOOK, work / "replay.ipynb")
+    cassette = work / "replay.cassette.sqlite"
+    live = dict(MIRAI_BASE_URL=varying.url, OPENAI_API_KEY=KEY, MIRAI_HOME=str(tmp_path / "h"))
+    recorded = execute(work / "replay.ipynb", kernel_env(MIRAI_RECORD=str(cassette), **live))
+    assert len(answers(recorded)) == 4 and all("variant" in a for a in answers(recorded))
+    sent = chat_requests(varying)
+    assert sent == 4
+
+    # Replay with the live endpoint still configured: any call that went out would be counted.
+    replayed = execute(work / "replay.ipynb", kernel_env(**live))
+    assert answers(replayed) == answers(recorded)
+    assert len(badges(replayed)) == 4 and all("replayed" in b for b in badges(replayed))
+    assert chat_requests(varying) == sent  # (embeddings for the memory index are not replayed)
+    nbformat.write(replayed, work / "replay.ipynb")
+    if os.environ.get("MIRAI_RERECORD") == "1":  # refresh the committed notebook and cassette
+        shutil.copy(work / "replay.ipynb", NOTEBOOK)
+        shutil.copy(cassette, CASSETTE)
+
+    # Strict replay fails as soon as the cassette lacks one recording: a red line naming the
+    # cell in the notebook, and a failing nbval run.
+    with sqlite3.connect(cassette) as conn:
+        conn.execute("DELETE FROM calls WHERE seq = (SELECT MAX(seq) FROM calls)")
+    conn.close()
+    damaged = execute(work / "replay.ipynb", replay_env(tmp_path / "h2"))
+    missing = damaged.cells[8].outputs[0].data["text/plain"]
+    assert missing.startswith("[mirai] ✗ replay: no recording for cell [6] (reasoning/o1: ")
+    result = nbval(work / "replay.ipynb", replay_env(tmp_path / "h3"))
+    assert result.returncode != 0
+    assert "Cell 5: Cell outputs differ" in result.stdout and "3 failed, 5 passed" in result.stdout
+
+
+@pytest.mark.kernel
+def test_committed_notebook_passes_nbval_strictly_from_its_cassette(tmp_path):
+    assert CASSETTE.stat().st_size < 100_000
+    meta = nbformat.read(NOTEBOOK, as_version=4).metadata
+    assert meta.kernelspec.name == "python3"
+    result = nbval(NOTEBOOK, replay_env(tmp_path / "home"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "passed" in result.stdout
