@@ -207,7 +207,9 @@ def test_streaming_on_updates_one_handle_and_off_displays_once(kernel, server):
 
 
 def test_picker_changes_the_next_calls_profile(kernel, server):
-    kernel.run("picker = get_ipython().run_line_magic('mirai', 'picker')")
+    shown = kernel.run("%mirai picker")
+    assert shown.of_type("execute_result") == [] and shown.data("text/plain")
+    kernel.run("picker = _mirai_picker")
     kernel.run("picker.children[0].value = 'heavy'")
     r = kernel.run("%%mirai\nwho answers?")
     assert last_body(server)["model"] == "gpt-4o"

@@ -66,7 +66,7 @@ def badge_html(
     """The HTML badge shown under an answer."""
     line = " · ".join(html.escape(p) for p in badge_parts(record, prices))
     flags = "".join(
-        f'<span style="{_FLAG_STYLE}">{html.escape(f)}</span>' for f in badge_flags(record, extra)
+        f' <span style="{_FLAG_STYLE}">{html.escape(f)}</span>' for f in badge_flags(record, extra)
     )
     return f'<div class="mirai-badge" style="{_STYLE}">⚡ {line}{flags}</div>'
 
