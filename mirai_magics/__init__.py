@@ -20,6 +20,7 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     magics = MiraiMagics(ipython)
     ipython.register_magics(magics)
+    ipython.events.register("pre_run_cell", magics.pre_run_cell)
     ipython.events.register("post_run_cell", magics.post_run_cell)
     _loaded[id(ipython)] = magics
 
@@ -29,6 +30,7 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = _loaded.pop(id(ipython), None)
     if magics is None:
         return
+    ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     ipython.events.unregister("post_run_cell", magics.post_run_cell)
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("mirai", None)

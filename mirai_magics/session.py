@@ -58,6 +58,13 @@ class Session:
         self.default_profile = "main"
         self.default_overrides: dict[str, Any] = {}
         self.status_sources: list[Any] = []
+        self.policy: Any = None  # quotas + degradation rules, rebuilt with the client
+        self.telemetry: Any = None  # metrics registry, logs, traces: one per Session
+        self.call_logs: list[Any] = []
+        self._memory: Any = None
+        from .replay import replay_from_env
+
+        self.replay: Any = replay_from_env()  # MIRAI_REPLAY, or `%mirai replay PATH`
 
     def __repr__(self) -> str:
         state = "offline" if self.offline else (self.base_url or "api.openai.com")
@@ -113,17 +120,31 @@ class Session:
             organization=self.config.endpoint.organization,
             max_retries=0,
         )
-        kwargs: dict[str, Any] = {"observers": self.observers, "user": self.user}
+        kwargs: dict[str, Any] = {"observers": list(self.observers), "user": self.user}
         if self._clock is not None:
             kwargs["clock"] = self._clock
         if self._sleep is not None:
             kwargs["sleep"] = self._sleep
         client = ResilientClient(self.config, sdk, **kwargs)
-        client.observers.append(self._remember)
-        # [wiring: quotas + degradation policy (issue 5)]
-        # [wiring: telemetry observers (issue 5)]
-        # [wiring: call log + replay (issue 6)]
+        self._attach(client)
         return client
+
+    def _attach(self, client: Any) -> None:
+        """Policy, records, telemetry, call logs and replay around a freshly built client."""
+        from .calllog import attach_call_logs
+        from .client.policy import Policy
+
+        self.policy = client.policy = Policy(self.config, clock=client.clock, sleep=client.sleep)
+        if self.telemetry is None:  # one registry per Session: reload never re-registers
+            from .telemetry import Telemetry
+
+            self.telemetry = Telemetry(self.config)
+            self.telemetry.watch_breakers(self.breaker_states)
+        else:
+            self.telemetry.configure(self.config)
+        client.observers += [self._remember, self.policy.observe, self.telemetry.observe]
+        self.call_logs = attach_call_logs(client, self.config, self.call_logs)
+        client.replay = self.replay
 
     def _remember(self, event: str, record: CallRecord, info: dict[str, Any]) -> None:
         if event == "call":
@@ -186,9 +207,12 @@ class Session:
         context = self.config.context
         system = system_prompt(context.system_prompt, request.system, request.fmt)
         history = self.history.window() if request.history else []
-        # [wiring: history limit from the error-rate degradation rule (issue 5)]
+        if history and self.policy is not None:  # error_rate_5percent sends less history
+            history = self.history.window(self.policy.history_limit(self.history.max_messages))
         memory_block, flags = "", []
-        # [wiring: memory retrieval into the prompt (issue 4)]
+        if request.memory and self.config.memory.enabled:
+            memory_block, memory_flags = self.memory.prompt_context(text, request.top_k)
+            flags.extend(memory_flags)
         prompt = build_messages(
             system=system,
             history=history,
@@ -211,6 +235,15 @@ class Session:
         if prepared.keep_history:
             self.history.append_turn(prepared.user_text, reply.text)
 
+    @property
+    def memory(self) -> Any:
+        """The notebook memory (cells indexed in the background, searched into prompts)."""
+        if self._memory is None:
+            from .memory import NotebookMemory
+
+            self._memory = NotebookMemory(self)
+        return self._memory
+
     def breaker_states(self) -> dict[str, str]:
         """Breaker state per model seen so far."""
         if self._client is None:
@@ -219,7 +252,7 @@ class Session:
 
     def extra_status(self) -> list[tuple[str, str]]:
         """Status rows contributed by the quota policy and the memory, when present."""
-        rows: list[tuple[str, str]] = []
+        rows: list[tuple[str, str]] = self.policy.status_rows() if self.policy else []
         for part in self.status_sources:
             rows.extend(part())
         return rows
@@ -242,12 +275,30 @@ class Session:
         """Stop the engine thread and the offline server; idempotent."""
         try:
             self._close_client()
-            # [wiring: close memory (issue 4), metrics server (issue 5), call log (issue 6)]
+            self._close_call_logs()
+            if self.telemetry is not None:
+                self.telemetry.close()
+            if self._memory is not None:
+                self._memory.close()
         finally:
             self.engine.stop()
             server, self._server = self._server, None
             if server is not None:
                 server.stop()
+
+    def set_replay(self, replay: Any) -> None:
+        """Answer chat calls from a recording (a ``replay.Replay``), or go live with None."""
+        old, self.replay = self.replay, replay
+        if self._client is not None:
+            self._client.replay = replay
+        if old is not None and old is not replay:
+            old.close()
+
+    def _close_call_logs(self) -> None:
+        for log in self.call_logs:
+            log.close()
+        if self.replay is not None:
+            self.replay.close()
 
     def __enter__(self) -> Session:
         return self

@@ -1,6 +1,7 @@
 """nbval runs these notebooks offline: no real key, no streaming (nbval ignores display updates)."""
 
 import os
+import tempfile
 
 LIVE_SETTINGS = (
     "OPENAI_API_KEY",
@@ -13,4 +14,5 @@ LIVE_SETTINGS = (
 for name in LIVE_SETTINGS:
     os.environ.pop(name, None)
 os.environ["MIRAI_STREAM"] = "0"
+os.environ["MIRAI_HOME"] = tempfile.mkdtemp(prefix="mirai-nbval-")  # no memory left from a past run
 os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable

@@ -98,7 +98,9 @@ class Kernel:
 
     def kill(self) -> None:
         """SIGKILL, as an out-of-memory killer would."""
-        self.km.kill_kernel()
+        import signal
+
+        self.km.signal_kernel(signal.SIGKILL)
 
     def shutdown(self) -> None:
         self.kc.stop_channels()

@@ -33,7 +33,10 @@ def test_simple_attribute_index_and_nested_access():
 
 
 def test_history_references_use_execution_numbers():
-    assert run("{In[2]} / {Out[2]} / {Err[3]}").text == "print(x) / printed / Traceback: ZeroDivisionError"
+    assert (
+        run("{In[2]} / {Out[2]} / {Err[3]}").text
+        == "print(x) / printed / Traceback: ZeroDivisionError"
+    )
 
 
 def test_code_json_and_dict_literals_stay_literal():

@@ -41,9 +41,7 @@ def kernel(server, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def fresh(server, kernel):
-    server.set_faults(
-        force_status=None, hang=False, fail_5xx=0.0, fail_429=0.0, stream_delay_ms=0
-    )
+    server.set_faults(force_status=None, hang=False, fail_5xx=0.0, fail_429=0.0, stream_delay_ms=0)
     server.reset_stats()
     kernel.run("%mirai reset\n%mirai use main")
     yield
@@ -54,7 +52,11 @@ def last_body(server) -> dict:
 
 
 def history_len(kernel) -> int:
-    return int(kernel.run("print(len(get_ipython().magics_manager.registry['MiraiMagics'].session.history))").text)
+    return int(
+        kernel.run(
+            "print(len(get_ipython().magics_manager.registry['MiraiMagics'].session.history))"
+        ).text
+    )
 
 
 def badge(execution) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ..config import Config, Profile
+from ..telemetry.tracing import trace_event, traced_call
 from ..tokens import count_messages, count_text
 from .breaker import CircuitBreaker
 from .errors import (
@@ -59,6 +60,7 @@ class ResilientClient:
 
     # --- public API ------------------------------------------------------------
 
+    @traced_call("chat")
     async def chat(
         self,
         messages: list[dict[str, Any]],
@@ -86,6 +88,7 @@ class ResilientClient:
             self._emit("call", record, {"messages": messages, "text": text})
         return Reply(text, record)
 
+    @traced_call("embeddings")
     async def embed(
         self, texts: list[str], profile: str = "embed", *, background: bool = False
     ) -> tuple[list[list[float]], CallRecord]:
@@ -294,6 +297,7 @@ class ResilientClient:
             record.error, record.error_code = f"{type(exc).__name__}: {exc}", "internal"
 
     def _emit(self, event: str, record: CallRecord, info: dict[str, Any] | None = None) -> None:
+        trace_event(event, record, info or {})  # on the current mirai.llm.call span
         for observer in self.observers:
             observer(event, record, info or {})
 

@@ -92,6 +92,12 @@ def one_line(message: str, limit: int = 400) -> str:
 def estimated_cost(record: Any, prices: Mapping[str, Any]) -> float | None:
     """USD estimate from the per-model price table (per million tokens); none offline/replayed."""
     price = prices.get(record.model)
-    if record.offline or record.replayed or price is None or record.tokens_in is None or record.tokens_out is None:
+    if (
+        record.offline
+        or record.replayed
+        or price is None
+        or record.tokens_in is None
+        or record.tokens_out is None
+    ):
         return None
     return (record.tokens_in * price.input + record.tokens_out * price.output) / 1_000_000

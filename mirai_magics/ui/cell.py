@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client.errors import MiraiError, UsageError
+from ..telemetry.tracing import span
 from .interpolate import interpolate
 from .render import render_answer, show_badge, show_error
 from .stream import StreamView, consume, stream_enabled
@@ -71,6 +72,11 @@ def request_from_args(args: Any, text: str, session: Any) -> CellRequest:
 
 def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
     """Run one request end to end; failures render as one red line and return None."""
+    with span("mirai.cell", profile=request.profile, format=request.fmt):
+        return _run_cell(request, session, shell, namespace)
+
+
+def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
     text = request.text
     if request.interp:
         result = interpolate(text, namespace)
@@ -95,7 +101,9 @@ def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str
     except MiraiError as exc:
         show_error(str(exc), view.handle if view else None)
         return None
-    rendered = render_answer(reply.text, request.fmt, shell, view.handle if view else None)
+    with span("mirai.validate", format=request.fmt) as current:
+        rendered = render_answer(reply.text, request.fmt, shell, view.handle if view else None)
+        current.set_attribute("valid", not rendered.error)
     if rendered.error:
         show_error(rendered.error)
     session.remember(prepared, reply)

@@ -22,6 +22,8 @@ LINE_COMMANDS = (
     "history",
     "reset",
     "reload",
+    "memory",
+    "metrics",
     "log",
     "replay",
     "help",
@@ -92,7 +94,9 @@ class MiraiMagics(Magics):
 
         Line commands: `%mirai status` · `%mirai use PROFILE` · `%mirai config` ·
         `%mirai fix` (explain the last error) · `%mirai picker` · `%mirai history` ·
-        `%mirai reset` · `%mirai reload` (re-read config and key).
+        `%mirai reset` · `%mirai reload` (re-read config and key) ·
+        `%mirai memory search|stats|forget|rebuild|learn` · `%mirai metrics [--port N|--stop]` ·
+        `%mirai log [-n N] [--json]` · `%mirai replay PATH|off|status`.
         """
         if cell is None:
             return self._line(line)
@@ -165,9 +169,14 @@ class MiraiMagics(Magics):
         show_note(f"config and API key re-read from {self.session.config.source}")
 
     def _cmd_picker(self, rest: list[str]) -> Any:
+        from IPython.display import display
+
         from .widgets import model_picker
 
-        return model_picker(self.session)
+        picker = model_picker(self.session)
+        display(picker)  # displayed, not returned: no Out[] entry
+        self.shell.user_ns["_mirai_picker"] = picker
+        return None
 
     def _cmd_fix(self, rest: list[str]) -> None:
         from .cell import CellRequest, run_cell
@@ -178,8 +187,18 @@ class MiraiMagics(Magics):
         request.interp = False
         run_cell(request, self.session, self.shell, self._namespace())
 
-    # [wiring: `%mirai memory …` (issue 4)]
-    # [wiring: `%mirai metrics …` (issue 5)]
+    def _cmd_memory(self, rest: list[str]) -> None:
+        """`%mirai memory search "QUERY" [-k N] | stats | forget N|all | rebuild | learn GLOB`."""
+        from .memory_cmd import memory_command
+
+        memory_command(self, rest)
+
+    def _cmd_metrics(self, rest: list[str]) -> None:
+        """`%mirai metrics [--port N] [--stop]`: serve Prometheus metrics on 127.0.0.1."""
+        from .metrics_cmd import metrics_command
+
+        metrics_command(self.session, rest)
+
     def _cmd_log(self, rest: list[str]) -> None:
         from .log_cmd import show_log
 
@@ -192,13 +211,21 @@ class MiraiMagics(Magics):
 
     # --- hooks and lifecycle ---------------------------------------------------------
 
+    def pre_run_cell(self, info: Any) -> None:
+        """Note the running cell: memory never retrieves a cell as its own context."""
+        from .memory_cmd import cell_started
+
+        cell_started(self, info)
+
     def post_run_cell(self, result: Any) -> None:
         """Remember tracebacks for {Err[n]} and `%mirai fix` (cheap: no I/O, no engine)."""
         error = result.error_in_exec or result.error_before_exec
         count = result.execution_count
         if error is not None and count is not None:
             self.errors[count] = format_error(error)
-        # [wiring: hand the cell to the memory indexer (issue 4)]
+        from .memory_cmd import cell_finished
+
+        cell_finished(self, result)  # an enqueue: embedding runs on the engine thread
 
     def _namespace(self) -> dict[str, Any]:
         ns = self.shell.user_ns

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 from typing import Any
 
 from IPython.display import display
@@ -18,18 +17,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def status_rows(session: Any, now: float | None = None) -> list[tuple[str, str]]:
-    """(label, value) rows: breakers, calls, errors, retries, tokens/minute, latency."""
-    now = time.time() if now is None else now
+def status_rows(session: Any) -> list[tuple[str, str]]:
+    """(label, value) rows: calls, errors, retries, latency, breakers, then budgets and memory."""
     records = list(session.records)
-    recent = [r for r in records if now - r.started_at <= 60]
     latencies = [r.latency_ms for r in records if r.ok]
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
-    limits = session.config.limits.tokens
-    tokens_minute = sum((r.tokens_in or 0) + (r.tokens_out or 0) for r in recent)
-    user_minute = sum(
-        (r.tokens_in or 0) + (r.tokens_out or 0) for r in recent if r.user == session.user
-    )
     rows = [
         (
             "endpoint",
@@ -39,11 +31,6 @@ def status_rows(session: Any, now: float | None = None) -> list[tuple[str, str]]
         ("calls", str(len(records))),
         ("errors", str(sum(1 for r in records if not r.ok))),
         ("retries", str(sum(len(r.retry_reasons) for r in records))),
-        ("tokens this minute", f"{tokens_minute:,} / {limits.global_per_minute:,} (global)"),
-        (
-            f"tokens this minute ({session.user})",
-            f"{user_minute:,} / {limits.per_user_per_minute:,}",
-        ),
         ("latency p50 / p95", _ms(p50) + " / " + _ms(p95)),
         (
             "history",

@@ -1,0 +1,328 @@
+"""NotebookMemory: the session's memory of executed cells (index, search, prompt context).
+
+Cheap to create (nothing is opened until the first cell is indexed or a search runs).
+Files live in ``home_dir(config)``: ``memory.sqlite`` (the truth) and, above the exact
+search threshold, ``memory.usearch`` + ``memory.usearch.json`` (a rebuildable cache).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..client.errors import MiraiError, UsageError
+from ..redact import redact
+from .documents import CellEvent, Doc, cell_doc, embed_text, source_id
+from .indexer import BACKFILL, Backfill, FileJob, Indexer, Plan
+
+WAIT_BEFORE_SEARCH_S = 5.0  # a %%mirai cell waits this long for cells still being indexed
+_QUERY_CACHE = 128
+BACKFILL_BATCH = 2048
+
+
+@dataclass
+class MemoryState:
+    """What opening the memory produced: the store, the embedder and the vector index."""
+
+    home: Path
+    store: Any
+    embedder: Any
+    index: Any
+
+
+class NotebookMemory:
+    """Indexes executed cells in the background and finds the ones relevant to a prompt."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.run = uuid.uuid4().hex[:12]  # this kernel's run: `forget N` means its In[N]
+        self.current_cell: tuple[str | None, str] | None = None  # set by pre_run_cell
+        self.hits = self.misses = 0
+        self.last_error: str | None = None
+        self.retry_pending = False  # after a failed embedding round, the next round retries
+        self.indexer = Indexer(self)
+        self._state: MemoryState | None = None
+        self._open_lock = threading.Lock()
+        self._queries: OrderedDict[str, Any] = OrderedDict()
+        session.status_sources.append(self.status_rows)
+
+    @property
+    def settings(self) -> Any:
+        return self.session.config.memory
+
+    # --- indexing (kernel thread: cheap) ---------------------------------------------
+
+    def add_cell(
+        self,
+        source: str,
+        *,
+        cell_id: str | None = None,
+        count: int | None = None,
+        output: str = "",
+        error: BaseException | str | None = None,
+    ) -> None:
+        """Queue an executed cell for indexing; returns at once (embedding runs later)."""
+        if self.settings.enabled:
+            self.indexer.put(CellEvent(source, cell_id, count, output, error))
+
+    def add(self, event: CellEvent) -> None:
+        if self.settings.enabled:
+            self.indexer.put(event)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait for queued cells to be stored, embedded and searchable."""
+        return self.indexer.flush(timeout)
+
+    # --- opening ------------------------------------------------------------------------
+
+    def state(self) -> MemoryState:
+        """Open the store and the index on first use (from any thread but the engine's)."""
+        with self._open_lock:
+            if self._state is None:
+                self._state = self._open()
+            return self._state
+
+    def _open(self) -> MemoryState:
+        from ..config import home_dir
+        from .embedders import choose_embedder
+        from .store import Store
+        from .synced import SyncedIndex
+
+        config = self.session.config
+        home = home_dir(config)
+        store = Store(home / "memory.sqlite")
+        embedder = choose_embedder(config, self.session.offline)
+        path = home / "memory.usearch"
+        index = SyncedIndex(
+            store, embedder.name, embedder.dims, path, config.memory.exact_search_below
+        )
+        index.open()
+        if index.needs_hnsw or store.missing(embedder.name, 1):
+            self.indexer.put(BACKFILL)  # a round that embeds what is missing, builds HNSW
+        atexit.register(self._save_at_exit)  # a clean kernel exit keeps the usearch cache current
+        return MemoryState(home, store, embedder, index)
+
+    # --- the worker's steps (memory thread) ---------------------------------------------
+
+    def plan(self, batch: list[Any]) -> Plan:
+        """Store the batch's entries; find which texts have no cached vector yet."""
+        st = self.state()
+        secrets = self._secrets()
+        docs: dict[str, Doc] = {}
+        drops: list[str] = []
+        plan = Plan()
+        for item in batch:
+            if isinstance(item, CellEvent):
+                doc = cell_doc(item, self.settings.max_output_chars, secrets)
+                if doc is not None:
+                    docs[doc.source_id] = doc
+                elif item.cell_id:  # a cell that opted out (or became a prompt) is forgotten
+                    drops.append(source_id("", item.cell_id))
+            elif isinstance(item, FileJob):
+                plan.jobs.append(item)
+        st.store.upsert(list(docs.values()), self.run, drops)
+        for job in plan.jobs:
+            st.store.replace_file(job.path, job.sha, job.docs, self.run)
+        wanted = {d.sha: d.text for d in docs.values()}
+        wanted.update({d.sha: d.text for job in plan.jobs for d in job.docs})
+        cached = st.store.cached(list(wanted), st.embedder.name)
+        self.hits += len(cached)
+        plan.misses = {sha: text for sha, text in wanted.items() if sha not in cached}
+        self.misses += len(plan.misses)
+        if self.retry_pending or any(isinstance(item, Backfill) for item in batch):
+            self.retry_pending = False
+            missing = st.store.missing(st.embedder.name, BACKFILL_BATCH)
+            plan.more = len(missing) == BACKFILL_BATCH
+            for sha, body, output in missing:
+                plan.misses.setdefault(sha, embed_text(body, output))
+        return plan
+
+    def commit(self, plan: Plan, vectors: Any) -> None:
+        """Cache the new vectors, bring the index up to date, report finished files."""
+        st = self.state()
+        if vectors is not None and len(plan.misses):
+            blobs = [v.astype("float32").tobytes() for v in vectors]
+            st.store.put_vectors(list(plan.misses), blobs, st.embedder.name)
+            self.last_error = None
+        st.index.sync()
+        st.index.convert()  # no-op unless the exact index has grown past the threshold
+        st.index.maybe_save()
+        for job in plan.jobs:
+            job.done(plan.ok)
+        if plan.more and plan.ok:
+            self.indexer.put(BACKFILL)  # a large backlog is embedded round by round
+
+    def note_error(self, exc: BaseException) -> None:
+        self.retry_pending = True
+        self.last_error = redact(f"{type(exc).__name__}: {exc}", self._secrets())[:300]
+
+    def _secrets(self) -> list[str]:
+        from ..redact import secret_env_values
+
+        return secret_env_values(tuple(self.session.config.security.redact_env_names))
+
+    # --- search -----------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        min_score: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Any]:
+        """The ``k`` entries most similar to ``query`` (best first) as ``Hit`` objects."""
+        from .context import Hit
+
+        k = self.settings.top_k if k is None else k
+        excluded = set(exclude)
+        if k <= 0:
+            return []
+        st = self.state()
+        keys, scores = st.index.search(self._query_vector(query), k + len(excluded) + 4)
+        rows = st.store.rows(keys)
+        hits = []
+        for key, score in zip(keys, scores, strict=True):
+            row = rows.get(key)
+            if row is None or row[1] in excluded:
+                continue
+            if min_score is not None and score < min_score:
+                break
+            _, source, kind, label, _count, _run, body, output, error, file = row
+            hits.append(Hit(key, score, label, kind, body, output, bool(error), source, file))
+        return hits[:k]
+
+    def _query_vector(self, query: str) -> Any:
+        st = self.state()
+        text = redact(query, self._secrets())[:8000]
+        if text in self._queries:
+            self._queries.move_to_end(text)
+            return self._queries[text]
+        if st.embedder.remote:
+            client = self.session.client
+            engine = self.session.engine
+            vector = engine.run(st.embedder.embed_async(client, [text], False))[0]
+        else:
+            vector = st.embedder.embed([text])[0]
+        self._queries[text] = vector
+        while len(self._queries) > _QUERY_CACHE:
+            self._queries.popitem(last=False)
+        return vector
+
+    def prompt_context(self, text: str, top_k: int | None) -> tuple[str, list[str]]:
+        """The memory block for a prompt and the badge flags; failures become a flag."""
+        from ..telemetry.tracing import span
+        from .context import context_block
+
+        k = self.settings.top_k if top_k is None else top_k
+        if k <= 0:
+            return "", []
+        try:
+            with span("mirai.memory.search", **{"mirai.memory.k": k}) as current:
+                self.flush(WAIT_BEFORE_SEARCH_S)
+                hits = self.search(
+                    text, k, min_score=self.settings.min_score, exclude=self.current_sources()
+                )
+                block, used = context_block(hits, self.settings.max_tokens)
+                current.set_attribute("mirai.memory.hits", used)
+        except Exception as exc:  # memory must never break a call: it becomes a badge flag
+            return "", [f"memory unavailable: {_short(exc)}"]
+        return block, ([f"memory: {used} cell{'s' if used != 1 else ''}"] if used else [])
+
+    def current_sources(self) -> set[str]:
+        """Source ids of the cell being run (never retrieved as its own context)."""
+        if self.current_cell is None:
+            return set()
+        cell_id, raw = self.current_cell
+        body = redact(raw.strip("\n"), self._secrets())
+        return {source_id(body, cell_id), source_id(body, None)}
+
+    # --- administration ----------------------------------------------------------------
+
+    def forget(self, target: str) -> int:
+        """Forget ``all`` or the cells run as In[N] (this kernel's, else any earlier run's)."""
+        st = self.state()
+        self.flush(WAIT_BEFORE_SEARCH_S)
+        if target == "all":
+            n = st.store.clear()
+            st.index.drop_cache()
+            st.index.rebuild("cleared by `%mirai memory forget all`")
+            return n
+        if not target.isdigit():
+            raise UsageError(f"forget what? got {target!r}", hint="use `forget N` or `forget all`")
+        keys = st.store.keys_for("kind = 'cell' AND count = ? AND run = ?", (int(target), self.run))
+        keys = keys or st.store.keys_for("kind = 'cell' AND count = ?", (int(target),))
+        n = st.store.delete_keys(keys) if keys else 0
+        st.index.sync()
+        return n
+
+    def rebuild(self) -> str:
+        """Re-read the config's embedder, rebuild the index from SQLite, embed what is missing."""
+        self.flush(WAIT_BEFORE_SEARCH_S)
+        with self._open_lock:
+            old, self._state = self._state, None
+        if old is not None:
+            old.store.new_epoch()
+            old.index.drop_cache()
+            old.store.close()
+        st = self.state()
+        self._queries.clear()
+        self.indexer.put(BACKFILL)
+        return st.index.describe()
+
+    def learn(self, pattern: str, progress: Callable[[int, int], None]) -> Any:
+        from .learn import learn_files
+
+        return learn_files(self, pattern, progress)
+
+    def stats(self) -> list[tuple[str, str]]:
+        from .stats import stats_rows
+
+        self.flush(WAIT_BEFORE_SEARCH_S)
+        return stats_rows(self, self.state())
+
+    def status_rows(self) -> list[tuple[str, str]]:
+        """One row for `%mirai status` (does not open the memory)."""
+        if not self.settings.enabled:
+            return [("memory", "disabled")]
+        if self._state is None:
+            return [("memory", f"not loaded yet ({self.indexer.pending()} queued)")]
+        st = self._state
+        return [("memory", f"{len(st.index):,} vectors · {st.embedder.name}")]
+
+    def save(self) -> None:
+        """Write the usearch cache now (HNSW mode); SQLite is always current."""
+        if self._state is not None:
+            self._state.index.save()
+
+    def _save_at_exit(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # rebuilt on the next start
+            self.save()
+
+    def close(self) -> None:
+        """Store what is still queued (embedded on the next start), save, close files."""
+        left = [item for item in self.indexer.stop() if not isinstance(item, Backfill)]
+        try:
+            if left:
+                self.plan(left)
+            self.save()
+        except Exception as exc:  # closing must not raise; the next start catches up
+            self.note_error(exc)
+        finally:
+            atexit.unregister(self._save_at_exit)
+            state, self._state = self._state, None
+            if state is not None:
+                state.store.close()
+            self.indexer.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, MiraiError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:120]

@@ -1,0 +1,43 @@
+"""`%mirai memory stats`: entries, embedder, index, files on disk, cache hits and misses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GB"
+
+
+def file_sizes(home: Any) -> str:
+    names = ("memory.sqlite", "memory.sqlite-wal", "memory.usearch", "memory.usearch.json")
+    sizes = [(name, (home / name).stat().st_size) for name in names if (home / name).exists()]
+    return " · ".join(f"{name} {human_bytes(size)}" for name, size in sizes) or "(none yet)"
+
+
+def stats_rows(memory: Any, state: Any) -> list[tuple[str, str]]:
+    """(label, value) rows for the stats table."""
+    counts = state.store.counts(state.embedder.name)
+    pending = state.store.pending_count(state.embedder.name) + memory.indexer.pending()
+    rows = [
+        (
+            "entries",
+            f"{counts['entries']:,} ({counts['cells']:,} cells, {counts['chunks']:,} chunks "
+            f"from {counts['files']:,} learned files)",
+        ),
+        ("pending", f"{pending:,} not embedded yet"),
+        ("embedder", state.embedder.name),
+        ("dims", str(state.embedder.dims)),
+        ("index", state.index.describe()),
+        ("index memory", human_bytes(state.index.nbytes)),
+        ("cache (this session)", f"{memory.hits:,} hits · {memory.misses:,} misses"),
+        ("files", file_sizes(state.home)),
+        ("directory", str(state.home)),
+    ]
+    if memory.last_error:
+        rows.append(("last error", memory.last_error))
+    return rows

@@ -1,0 +1,316 @@
+"""The memory's source of truth: one SQLite file (WAL) with entries, cached vectors and files.
+
+* ``entries``: one row per remembered cell or file chunk (redacted text, label, SHA-256 of
+  the embedded text, a 63-bit key shared with the vector index, a ``version``).
+* ``vectors``: the embedding cache, keyed by (SHA-256 of the text, embedder name), so an
+  unchanged cell is never embedded twice, across restarts and kernels.
+* ``meta``: ``generation`` (bumped by every write transaction; rows touched get it as their
+  version, deletions leave a ``tombstones`` row) and ``epoch`` (bumped by forget-all and
+  rebuild). A vector index that remembers the generation it has seen catches up with
+  writes from other kernels by reading only the rows past it.
+
+Writes take ``BEGIN IMMEDIATE`` (one writer at a time across processes, others wait up to
+``busy_timeout``); a kernel killed mid-write leaves the last committed state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .documents import Doc
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 30_000
+_CHUNK = 500  # SQLite host-parameter batches
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('epoch', 0);
+CREATE TABLE IF NOT EXISTS entries(
+  key INTEGER PRIMARY KEY, source TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+  label TEXT NOT NULL, count INTEGER, run TEXT NOT NULL, body TEXT NOT NULL,
+  output TEXT NOT NULL, error INTEGER NOT NULL, sha TEXT NOT NULL, file TEXT,
+  version INTEGER NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_version ON entries(version);
+CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha);
+CREATE INDEX IF NOT EXISTS entries_file ON entries(file);
+CREATE TABLE IF NOT EXISTS vectors(
+  sha TEXT NOT NULL, embedder TEXT NOT NULL, vector BLOB NOT NULL,
+  PRIMARY KEY (sha, embedder)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombstones(key INTEGER NOT NULL, version INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tombstones_version ON tombstones(version);
+CREATE TABLE IF NOT EXISTS files(
+  path TEXT PRIMARY KEY, sha TEXT NOT NULL, chunks INTEGER NOT NULL, learned REAL NOT NULL);
+"""
+UPSERT = """
+INSERT INTO entries(key, source, kind, label, count, run, body, output, error, sha, file,
+                    version, updated)
+VALUES (:key, :source, :kind, :label, :count, :run, :body, :output, :error, :sha, :file,
+        :version, :updated)
+ON CONFLICT(source) DO UPDATE SET
+  label = excluded.label, count = excluded.count, run = excluded.run, body = excluded.body,
+  output = excluded.output, error = excluded.error, updated = excluded.updated,
+  version = CASE WHEN entries.sha = excluded.sha THEN entries.version ELSE excluded.version END,
+  sha = excluded.sha
+"""
+ROW_FIELDS = "key, source, kind, label, count, run, body, output, error, file"
+
+
+class Store:
+    """Thread-safe access to ``memory.sqlite`` (one connection, one lock)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # forgotten text is zeroed, not left behind
+        self.write(_create, bump=False)
+
+    # --- transactions -------------------------------------------------------------
+
+    def write(self, fn: Callable[[sqlite3.Connection, int], T], *, bump: bool = True) -> T:
+        """Run ``fn(db, generation)`` in one immediate transaction (generation bumped first)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gen = self._bump("generation") if bump else 0
+                result = fn(self._db, gen)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return result
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _bump(self, name: str) -> int:
+        row = self._db.execute(
+            "UPDATE meta SET value = value + 1 WHERE name = ? RETURNING value", (name,)
+        ).fetchone()
+        return int(row[0])
+
+    def generation(self) -> tuple[int, int]:
+        """(generation, epoch) as committed now."""
+        rows = dict(self.read("SELECT name, value FROM meta"))
+        return int(rows.get("generation", 0)), int(rows.get("epoch", 0))
+
+    # --- entries ----------------------------------------------------------------------
+
+    def upsert(self, docs: Sequence[Doc], run: str, drop_sources: Iterable[str] = ()) -> None:
+        """Insert or update ``docs``; delete entries of ``drop_sources`` (tombstoned)."""
+        now = time.time()
+
+        def apply(db: sqlite3.Connection, gen: int) -> None:
+            _delete(db, gen, "source", list(drop_sources))
+            db.executemany(UPSERT, [_row(d, run, gen, now) for d in docs])
+
+        self.write(apply)
+
+    def replace_file(self, path: str, sha: str, docs: Sequence[Doc], run: str) -> None:
+        """A (re)learned file: chunks no longer present are deleted, the rest upserted."""
+        now, keep = time.time(), {d.source_id for d in docs}
+
+        def apply(db: sqlite3.Connection, gen: int) -> None:
+            old = [r[0] for r in db.execute("SELECT source FROM entries WHERE file = ?", (path,))]
+            _delete(db, gen, "source", [s for s in old if s not in keep])
+            db.executemany(UPSERT, [_row(d, run, gen, now) for d in docs])
+            db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, sha, len(docs), now)
+            )
+
+        self.write(apply)
+
+    def file_sha(self, path: str) -> str | None:
+        rows = self.read("SELECT sha FROM files WHERE path = ?", (path,))
+        return rows[0][0] if rows else None
+
+    def delete_keys(self, keys: Sequence[int]) -> int:
+        """Forget entries (and vectors no entry uses any more)."""
+
+        def apply(db: sqlite3.Connection, gen: int) -> int:
+            n = _delete(db, gen, "key", list(keys))
+            db.execute(
+                "DELETE FROM files WHERE path NOT IN (SELECT file FROM entries "
+                "WHERE file IS NOT NULL)"
+            )
+            db.execute("DELETE FROM vectors WHERE sha NOT IN (SELECT sha FROM entries)")
+            return n
+
+        n = self.write(apply)
+        self.checkpoint()
+        return n
+
+    def clear(self) -> int:
+        """Forget everything: entries, vectors, files; a new epoch makes every index rebuild."""
+
+        def apply(db: sqlite3.Connection, gen: int) -> int:
+            n = db.execute("DELETE FROM entries").rowcount
+            for table in ("vectors", "files", "tombstones"):
+                db.execute(f"DELETE FROM {table}")
+            self._bump("epoch")
+            return n
+
+        n = self.write(apply)
+        self.checkpoint()
+        return n
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database file and truncate it (after forgetting)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def new_epoch(self) -> None:
+        self.write(lambda db, gen: self._bump("epoch"))
+
+    def keys_for(self, where: str, params: Sequence[Any]) -> list[int]:
+        return [r[0] for r in self.read(f"SELECT key FROM entries WHERE {where}", params)]
+
+    def rows(self, keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """Entry rows by key (fields in ROW_FIELDS order)."""
+        found: dict[int, tuple[Any, ...]] = {}
+        for part in _chunks(list(keys)):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT {ROW_FIELDS} FROM entries WHERE key IN ({marks})"
+            found.update({r[0]: r for r in self.read(sql, part)})
+        return found
+
+    # --- vectors ----------------------------------------------------------------------
+
+    def cached(self, shas: Sequence[str], embedder: str) -> set[str]:
+        """The SHAs that already have a vector from ``embedder``."""
+        have: set[str] = set()
+        for part in _chunks(list(shas)):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT sha FROM vectors WHERE embedder = ? AND sha IN ({marks})"
+            have.update(r[0] for r in self.read(sql, [embedder, *part]))
+        return have
+
+    def put_vectors(self, shas: Sequence[str], blobs: Sequence[bytes], embedder: str) -> None:
+        """Cache vectors; entries using them get a new version so indexes pick them up."""
+
+        def apply(db: sqlite3.Connection, gen: int) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
+                [(s, embedder, b) for s, b in zip(shas, blobs, strict=True)],
+            )
+            db.executemany("UPDATE entries SET version = ? WHERE sha = ?", [(gen, s) for s in shas])
+
+        self.write(apply)
+
+    def missing(self, embedder: str, limit: int) -> list[tuple[str, str, str]]:
+        """(sha, body, output) of entries with no vector from ``embedder`` yet."""
+        return self.read(
+            "SELECT sha, body, output FROM entries e WHERE NOT EXISTS (SELECT 1 FROM vectors v "
+            "WHERE v.sha = e.sha AND v.embedder = ?) GROUP BY sha LIMIT ?",
+            (embedder, limit),
+        )
+
+    def pending_count(self, embedder: str) -> int:
+        """Entries with no vector from ``embedder`` (not searchable yet)."""
+        return int(
+            self.read(
+                "SELECT COUNT(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM vectors v "
+                "WHERE v.sha = e.sha AND v.embedder = ?)",
+                (embedder,),
+            )[0][0]
+        )
+
+    def vectors_since(self, version: int, embedder: str) -> list[tuple[int, bytes | None]]:
+        """(key, vector or None) of entries written after ``version`` (-1: all entries)."""
+        return self.read(
+            "SELECT e.key, v.vector FROM entries e LEFT JOIN vectors v "
+            "ON v.sha = e.sha AND v.embedder = ? WHERE e.version > ?",
+            (embedder, version),
+        )
+
+    def count_vectors(self, embedder: str) -> int:
+        """Entries that have a vector from ``embedder``."""
+        return int(
+            self.read(
+                "SELECT COUNT(*) FROM entries e JOIN vectors v ON v.sha = e.sha AND v.embedder = ?",
+                (embedder,),
+            )[0][0]
+        )
+
+    def iter_vectors(self, embedder: str, chunk: int = 10_000) -> Iterator[list[tuple[int, bytes]]]:
+        """Every (key, vector) of ``embedder`` in chunks (a rebuild never holds them all twice)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT e.key, v.vector FROM entries e JOIN vectors v "
+                "ON v.sha = e.sha AND v.embedder = ?",
+                (embedder,),
+            )
+            while rows := cursor.fetchmany(chunk):
+                yield rows
+
+    def removed_since(self, version: int) -> list[int]:
+        return [r[0] for r in self.read("SELECT key FROM tombstones WHERE version > ?", (version,))]
+
+    def counts(self, embedder: str) -> dict[str, int]:
+        row = self.read(
+            "SELECT COUNT(*), SUM(kind = 'cell'), SUM(kind = 'file'), "
+            "(SELECT COUNT(*) FROM files), (SELECT COUNT(*) FROM vectors WHERE embedder = ?) "
+            "FROM entries",
+            (embedder,),
+        )[0]
+        keys = ("entries", "cells", "chunks", "files", "vectors")
+        return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _create(db: sqlite3.Connection, _gen: int) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _row(doc: Doc, run: str, gen: int, now: float) -> dict[str, Any]:
+    return {
+        "key": doc.key,
+        "source": doc.source_id,
+        "kind": doc.kind,
+        "label": doc.label,
+        "count": doc.count,
+        "run": run,
+        "body": doc.body,
+        "output": doc.output,
+        "error": int(doc.error),
+        "sha": doc.sha,
+        "file": doc.file,
+        "version": gen,
+        "updated": now,
+    }
+
+
+def _delete(db: sqlite3.Connection, gen: int, column: str, values: list[Any]) -> int:
+    """Delete entries whose ``column`` is in ``values``; leave tombstones for the indexes."""
+    deleted = 0
+    for part in _chunks(values):
+        marks = ",".join("?" * len(part))
+        keys = db.execute(
+            f"DELETE FROM entries WHERE {column} IN ({marks}) RETURNING key", part
+        ).fetchall()
+        db.executemany("INSERT INTO tombstones VALUES (?, ?)", [(k, gen) for (k,) in keys])
+        deleted += len(keys)
+    return deleted
+
+
+def _chunks(values: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(values), _CHUNK):
+        yield values[i : i + _CHUNK]

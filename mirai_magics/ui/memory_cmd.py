@@ -1,0 +1,234 @@
+"""`%mirai memory …` subcommands and the hooks that feed the memory from executed cells.
+
+    %mirai memory search "how did we load the data" [-k N]
+    %mirai memory stats
+    %mirai memory forget 12        (or: forget all)
+    %mirai memory rebuild
+    %mirai memory learn 'docs/**/*.md'
+
+The post_run_cell hook only builds a small event and enqueues it. Cells run before the
+session exists (it starts with the first `%mirai`/`%%mirai`) wait in a bounded backlog,
+so `%load_ext` alone imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections import deque
+from typing import Any
+
+from IPython.display import display
+
+from ..client.errors import UsageError
+from ..memory.documents import CellEvent
+
+BACKLOG = 2000  # cells kept while no session exists yet
+OUTPUT_CAP = 4000  # characters taken from a result's repr in the hook (the config cuts further)
+USAGE = (
+    'usage: %mirai memory search "QUERY" [-k N] | stats | forget N|all | rebuild | '
+    "learn PATH_OR_GLOB"
+)
+SEARCH_WAIT_S = 30.0
+
+# --- hooks (hot path) ---------------------------------------------------------------------
+
+
+def cell_started(magics: Any, info: Any) -> None:
+    """pre_run_cell: note the running cell so it is never retrieved as its own context."""
+    raw = getattr(info, "raw_cell", None) or ""
+    if not magics.memory_enabled:
+        return
+    session = magics._session
+    if session is None:
+        if not raw.lstrip().startswith(("%%mirai", "%mirai")):
+            return
+        try:  # this cell starts the session anyway; start it now so the backlog moves over
+            session = magics.session
+        except Exception:  # a config error is reported by the magic itself, with its hint
+            return
+    memory = session.memory
+    _hand_over(magics, memory)
+    memory.current_cell = (getattr(info, "cell_id", None), raw)
+
+
+def cell_finished(magics: Any, result: Any) -> None:
+    """post_run_cell: queue (cell id, In[n], source, short output, error) for indexing.
+
+    A cell run without history (``store_history=False``, as nbval does) has no In[n].
+    """
+    info = result.info
+    if info is None or not magics.memory_enabled:
+        return
+    event = CellEvent(
+        info.raw_cell or "",
+        getattr(info, "cell_id", None),
+        result.execution_count if getattr(info, "store_history", True) else None,
+        short_output(magics.shell, result),
+        result.error_in_exec or result.error_before_exec,
+    )
+    session = magics._session
+    if session is None:
+        _backlog(magics).append(event)
+        return
+    memory = session.memory
+    memory.current_cell = None
+    _hand_over(magics, memory)
+    memory.add(event)
+
+
+def short_output(shell: Any, result: Any) -> str:
+    """The text/plain repr IPython already computed for Out[n] (no new repr() of big values)."""
+    value = result.result
+    if value is None:
+        return ""
+    reprs = getattr(getattr(shell, "history_manager", None), "output_hist_reprs", None)
+    # the displayhook filed it under its prompt count (execution_count - 1 by now)
+    text = reprs.get(shell.execution_count - 1) if reprs is not None else None
+    if text is None:
+        if isinstance(value, str):
+            text = repr(value[:OUTPUT_CAP])
+        elif isinstance(value, int | float | bool):
+            text = repr(value)
+        else:
+            text = f"<{type(value).__name__}>"
+    return text[:OUTPUT_CAP]
+
+
+def _backlog(magics: Any) -> deque[CellEvent]:
+    return magics.__dict__.setdefault("_memory_backlog", deque(maxlen=BACKLOG))
+
+
+def _hand_over(magics: Any, memory: Any) -> None:
+    backlog = magics.__dict__.get("_memory_backlog")
+    while backlog:
+        memory.add(backlog.popleft())
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def memory_command(magics: Any, rest: list[str]) -> None:
+    """Dispatch `%mirai memory SUBCOMMAND ARGS…`."""
+    session = magics.session
+    memory = session.memory
+    _hand_over(magics, memory)
+    handlers = {
+        "search": _search,
+        "stats": _stats,
+        "forget": _forget,
+        "rebuild": _rebuild,
+        "learn": _learn,
+    }
+    if not rest or rest[0] not in handlers:
+        got = f"unknown memory command {rest[0]!r}" if rest else "which memory command?"
+        raise UsageError(got, hint=USAGE)
+    if not session.config.memory.enabled:
+        raise UsageError("memory is disabled", hint="set memory.enabled: true in the config")
+    handlers[rest[0]](memory, rest[1:])
+
+
+def _search(memory: Any, args: list[str]) -> None:
+    k, words = None, []
+    it = iter(args)
+    for word in it:
+        if word in ("-k", "--k"):
+            value = next(it, "")
+            if not value.isdigit():
+                raise UsageError(f"-k needs a number, got {value!r}", hint=USAGE)
+            k = int(value)
+        else:
+            words.append(word)
+    query = " ".join(words).strip()
+    if not query:
+        raise UsageError("search needs a query", hint=USAGE)
+    memory.flush(SEARCH_WAIT_S)
+    show_hits(query, memory.search(query, k))
+
+
+def _stats(memory: Any, args: list[str]) -> None:
+    from .status import show_table
+
+    show_table("mirai memory", memory.stats())
+
+
+def _forget(memory: Any, args: list[str]) -> None:
+    from .render import show_note
+
+    if len(args) != 1:
+        raise UsageError("forget needs one argument", hint="`forget N` (In[N]) or `forget all`")
+    n = memory.forget(args[0])
+    show_note(f"forgot {n} entr{'y' if n == 1 else 'ies'}")
+
+
+def _rebuild(memory: Any, args: list[str]) -> None:
+    from .render import show_note
+
+    description = memory.rebuild()
+    memory.flush(SEARCH_WAIT_S)
+    show_note(f"memory rebuilt: {description}")
+
+
+def _learn(memory: Any, args: list[str]) -> None:
+    from .render import show_note
+    from .stream import stream_enabled
+
+    if not args:
+        raise UsageError("learn needs a path or a glob", hint="e.g. `learn 'docs/**/*.md'`")
+    live = stream_enabled(
+        None, os.environ.get("MIRAI_STREAM"), memory.session.config.defaults.stream
+    )
+    bar = TextProgress("learn", live)
+    report = memory.learn(" ".join(args), bar)
+    show_note(report.summary())
+
+
+# --- display ------------------------------------------------------------------------------
+
+
+class TextProgress:
+    """A text progress bar in one display handle (only in a live frontend; nbval-safe)."""
+
+    def __init__(self, label: str, live: bool, width: int = 24):
+        self.label, self.width, self.last = label, width, (-1, -1)
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True) if live else None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.handle is None or (done, total) == self.last:
+            return
+        self.last = (done, total)
+        self.handle.update({"text/plain": bar_text(self.label, done, total, self.width)}, raw=True)
+
+
+def bar_text(label: str, done: int, total: int, width: int = 24) -> str:
+    filled = round(width * done / total) if total else width
+    return f"{label} [{'█' * filled}{'░' * (width - filled)}] {done}/{total} files"
+
+
+def hit_rows(hits: list[Any]) -> list[tuple[str, str, str]]:
+    from ..memory.context import snippet
+
+    return [(f"{h.score:.2f}", h.label, snippet(h.body)) for h in hits]
+
+
+def show_hits(query: str, hits: list[Any]) -> None:
+    """The search table: score, In[n] (or file:line), snippet."""
+    rows = hit_rows(hits)
+    title = f'memory search "{query}": {len(rows)} hit{"s" if len(rows) != 1 else ""}'
+    header = ("score", "cell", "snippet")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
+    lines = [title] + [
+        f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}".rstrip() for a, b, c in [header, *rows]
+    ]
+    cells = "".join(
+        "<tr>"
+        + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row)
+        + "</tr>"
+        for row in rows
+    )
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in header)
+    markup = (
+        f"<table class='mirai-memory'><caption>{html.escape(title)}</caption>"
+        f"<tr>{head}</tr>{cells}</table>"
+    )
+    display({"text/html": markup, "text/plain": "\n".join(lines)}, raw=True)
