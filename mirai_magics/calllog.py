@@ -21,6 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from .background import BackgroundWorker
 from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class CallLog:
         self._conversations: OrderedDict[str, str] = OrderedDict()
         self._count = 0
         self._env_size, self._secret_values = -1, []
+        self._worker = BackgroundWorker(f"mirai-call-log-{self.path.name}")
 
     def __repr__(self) -> str:
         kind = "cassette" if self.cassette else "call log"
@@ -188,20 +190,35 @@ class CallLog:
     def __call__(self, event: str, record: Any, info: dict[str, Any]) -> None:
         if event != "call" or (self.cassette and (record.replayed or record.kind != "chat")):
             return
+        # Written by a background thread: the caller gets its answer without waiting on disk.
+        args = (record, info.get("messages"), info.get("text"), current_cell())
+        self._worker.submit(self._write_logged, *args)
+
+    def _write_logged(self, *args: Any) -> None:
         try:
-            self.write(record, info.get("messages"), info.get("text"))
+            self.write(*args)
         except (sqlite3.Error, OSError) as exc:  # the log must never break the call itself
             log.warning("mirai: call log %s not written: %s", self.path, exc)
 
-    def write(self, record: Any, messages: list[dict[str, Any]] | None, text: str | None) -> None:
-        """Append one call (secrets redacted)."""
+    def flush(self) -> None:
+        """Wait until every call observed so far is on disk."""
+        self._worker.flush()
+
+    def write(
+        self,
+        record: Any,
+        messages: list[dict[str, Any]] | None,
+        text: str | None,
+        cell: str | None = None,
+    ) -> None:
+        """Append one call (secrets redacted), now, on the calling thread."""
         row = row_values(
             record,
             messages,
             text,
             session=self.session_id,
             conversation=self._conversation(messages, text),
-            cell=current_cell(),
+            cell=cell if cell is not None else current_cell(),
         )
         if not self.include_prompts:
             row["messages"] = None
@@ -239,10 +256,12 @@ class CallLog:
 
     def recent(self, limit: int = 10) -> list[dict[str, Any]]:
         """The last ``limit`` calls in this file (all sessions), oldest first."""
+        self.flush()
         return read_calls(self.path, limit)
 
     def close(self) -> None:
-        """Close the file; a later write reopens it (late calls are not lost)."""
+        """Write what is queued, then close the file; a later write reopens it."""
+        self._worker.stop()
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from .quantiles import percentile as nearest_rank
 
 GRACE_S = 30.0  # calls still running this long after the deadline are cancelled
 TOPICS = ("caching", "retries", "indexes", "queues", "sharding", "batching", "streaming")
@@ -74,10 +75,7 @@ class Summary:
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+    return nearest_rank(values, q) or 0.0
 
 
 def summarize(records: list[Any], elapsed_s: float) -> Summary:
@@ -248,12 +246,34 @@ def _resolve(args: argparse.Namespace, config: Any) -> argparse.Namespace:
     """Fill unset options from `testing.load_tests` and `testing.chaos`."""
     tests, chaos = config.testing.load_tests, config.testing.chaos
     opts = argparse.Namespace(**vars(args))
-    opts.dialogs = args.dialogs or tests.dialogs
-    opts.turns = args.turns or tests.turns_per_dialog
+    opts.dialogs = tests.dialogs if args.dialogs is None else args.dialogs
+    opts.turns = tests.turns_per_dialog if args.turns is None else args.turns
     opts.duration = args.duration if args.duration is not None else tests.duration_s
     opts.fail_429 = chaos.fail_429 if args.fail_429 is None else args.fail_429
     opts.fail_5xx = chaos.fail_5xx if args.fail_5xx is None else args.fail_5xx
+    _validate(opts, config)
     return opts
+
+
+def _validate(opts: argparse.Namespace, config: Any) -> None:
+    """One clear line for options that cannot make a load test."""
+    from .client.errors import UsageError
+
+    problems = [
+        (opts.dialogs < 1, f"--dialogs must be at least 1, got {opts.dialogs}"),
+        (opts.turns < 1, f"--turns must be at least 1, got {opts.turns}"),
+        (opts.duration <= 0, f"--duration must be positive, got {opts.duration:g}"),
+        (not 0 <= opts.fail_429 <= 1, f"--fail-429 is a probability in 0..1, got {opts.fail_429}"),
+        (not 0 <= opts.fail_5xx <= 1, f"--fail-5xx is a probability in 0..1, got {opts.fail_5xx}"),
+        (
+            opts.profile not in config.chat_profiles(),
+            f"--profile {opts.profile!r} is not a chat profile "
+            f"(use one of: {', '.join(config.chat_profiles())})",
+        ),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
 
 
 def _for_load(config: Any, url: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ class Session:
         self.engine = EngineLoop()
         self._clock, self._sleep = clock, sleep
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self._server: Any = None
         self.observers: list[Any] = []
         self.records: list[CallRecord] = []
@@ -103,9 +105,12 @@ class Session:
 
     @property
     def client(self) -> Any:
-        """The ResilientClient, built on the engine thread on first use."""
+        """The ResilientClient, built on the engine thread on first use (once, under a lock:
+        the memory indexer may ask from its own thread while a cell asks from the kernel's)."""
         if self._client is None:
-            self._client = self.engine.run(self._build_client())
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self.engine.run(self._build_client())
         return self._client
 
     async def _build_client(self) -> Any:
@@ -134,7 +139,13 @@ class Session:
         from .calllog import attach_call_logs
         from .client.policy import Policy
 
-        self.policy = client.policy = Policy(self.config, clock=client.clock, sleep=client.sleep)
+        if self.policy is None or _quota_settings(self.policy.config) != _quota_settings(
+            self.config
+        ):
+            self.policy = Policy(self.config, clock=client.clock, sleep=client.sleep)
+        else:  # a reload keeps budgets, buckets and rules: reloading must not reset quotas
+            self.policy.config = self.config
+        client.policy = self.policy
         if self.telemetry is None:  # one registry per Session: reload never re-registers
             from .telemetry import Telemetry
 
@@ -294,6 +305,11 @@ class Session:
         if old is not None and old is not replay:
             old.close()
 
+    def flush_logs(self) -> None:
+        """Wait until every finished call is in the call log (it is written in the background)."""
+        for call_log in self.call_logs:
+            call_log.flush()
+
     def _close_call_logs(self) -> None:
         for log in self.call_logs:
             log.close()
@@ -305,6 +321,10 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _quota_settings(config: Config) -> tuple[Any, Any]:
+    return config.limits, config.degradation
 
 
 def _get(chunks: queue.SimpleQueue[Any]) -> Any:

@@ -1,10 +1,44 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: isolated home, fake clock and sleep, offline servers, sessions."""
 
 from __future__ import annotations
 
 import pytest
 
 from mirai_magics.server import OfflineServer
+
+SESSION_KEY = "sk-test-session-0123456789abcdef"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test (or FakeSleep) moves it."""
+
+    def __init__(self, now: float = 10_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSleep:
+    """Records requested sleeps and advances the fake clock instead of waiting."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        self.clock.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleeps(clock: FakeClock) -> FakeSleep:
+    return FakeSleep(clock)
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +71,27 @@ def shared_offline_server():
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def make_session(request, offline_server, monkeypatch, clock, sleeps):
+    """``make_session(extra_yaml="", fake_time=True)``: a Session on ``offline_server``.
+
+    The API key is the test module's ``KEY`` (so each module can assert it never leaks).
+    """
+    from mirai_magics.config import parse_config
+    from mirai_magics.session import Session
+
+    monkeypatch.setenv("OPENAI_API_KEY", getattr(request.module, "KEY", SESSION_KEY))
+    sessions = []
+
+    def make(extra: str = "", fake_time: bool = True) -> Session:
+        yaml_text = f"endpoint: {{base_url: '{offline_server.url}'}}\n{extra}"
+        timing = {"clock": clock, "sleep": sleeps} if fake_time else {}
+        session = Session(parse_config(yaml_text, "test.yaml"), **timing)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()

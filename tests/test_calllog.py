@@ -39,12 +39,15 @@ def make(offline_server, monkeypatch):
         made.append(Session(parse_config(FAST_RETRIES + extra, "test.yaml")))
         return made[-1]
 
+    session.made = made
     yield session
     for item in made:
         item.close()
 
 
-def calls(tmp_path: Path) -> list[dict]:
+def calls(tmp_path: Path, make=None) -> list[dict]:
+    for session in getattr(make, "made", []):
+        session.flush_logs()  # rows are written by a background thread
     return read_calls(tmp_path / "home" / "calls.sqlite", 100)
 
 
@@ -62,7 +65,7 @@ def test_every_call_is_logged_with_its_fields_and_no_secret(make, offline_server
     session.embed(["a cell"])
     session.close()
 
-    ok, rejected, failed, embedded = calls(tmp_path)
+    ok, rejected, failed, embedded = calls(tmp_path, make)
     assert ok["response"] == reply.text.replace(KEY, "[REDACTED]").replace(SECRET, "[REDACTED]")
     assert ok["messages"] == [
         {"role": "user", "content": "my key is [REDACTED] and the db token is [REDACTED]"}
@@ -97,7 +100,7 @@ def test_prompts_stay_out_when_include_prompts_is_off(make, tmp_path):
     session = make("observability: {call_log: {include_prompts: false}}")
     session.chat([{"role": "user", "content": "private words"}])
     session.close()
-    (row,) = calls(tmp_path)
+    (row,) = calls(tmp_path, make)
     assert row["messages"] is None and row["request_hash"]
     assert b'"content":"private words"' not in (tmp_path / "home" / "calls.sqlite").read_bytes()
 
@@ -112,7 +115,7 @@ def test_reload_keeps_one_writer_per_log(make, tmp_path):
     session.chat([{"role": "user", "content": "before"}])
     session.reload()
     session.chat([{"role": "user", "content": "after"}])
-    rows = calls(tmp_path)
+    rows = calls(tmp_path, make)
     assert [r["messages"][-1]["content"] for r in rows] == ["before", "after"]
     assert rows[0]["session"] == rows[1]["session"]
 
@@ -129,7 +132,7 @@ def test_conversation_follows_the_history(make, tmp_path):
     cell("second, with the first turn as history")
     session.history.clear()
     cell("a fresh start")
-    rows = calls(tmp_path)
+    rows = calls(tmp_path, make)
     assert rows[0]["conversation"] == rows[1]["conversation"] != rows[2]["conversation"]
     assert len(rows[1]["messages"]) == 4
 

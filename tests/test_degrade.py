@@ -6,51 +6,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mirai_magics.client.degrade import RateLimitState, WindowRule, hysteresis, p95
-from mirai_magics.config import RateLimitRule, parse_config
-from mirai_magics.session import Session
+from mirai_magics.config import RateLimitRule
 from mirai_magics.ui.badges import badge_text
 from mirai_magics.ui.cell import CellRequest
 
 KEY = "sk-test-degrade-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-
-    async def __call__(self, seconds: float) -> None:
-        self.clock.now += seconds
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def make_session(offline_server, monkeypatch, tmp_path, clock):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / ".mirai"))  # call log and memory
-    sessions = []
-
-    def make(extra: str) -> Session:
-        yaml_text = f"endpoint: {{base_url: '{offline_server.url}'}}\n{extra}"
-        session = Session(parse_config(yaml_text, "test.yaml"), clock=clock, sleep=FakeSleep(clock))
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def last_body(server) -> dict:
@@ -191,3 +152,18 @@ def test_error_rate_trims_history_and_lifts(make_session, offline_server):
     sent, record = history_sent()
     assert sent == 12 and record.degradations == []
     assert degradations_counted(session) == {"error_rate_5percent": 8.0}  # calls 6 to 13
+
+
+def test_diverted_call_still_tries_the_skipped_profiles_last(make_session, offline_server):
+    session = make_session("degradation: {rules: {rate_limit_429: {engage_after: 1}}}")
+    offline_server.set_faults(retry_after=0)
+    offline_server.script(["429"] * 4 + ["ok"])  # heavy rate limited → main answers
+    session.chat(HELLO, "heavy")
+    offline_server.script(["429"] * 4 + ["ok"])  # main too → fast answers
+    session.chat(HELLO, "heavy")
+    offline_server.script(["500"] * 4 + ["ok"])  # now diverted to fast, which fails
+    reply = session.chat(HELLO, "heavy")
+    models = [r["model"] for r in offline_server.stats_snapshot()["recent"][-5:]]
+    assert models == ["gpt-3.5-turbo"] * 4 + ["gpt-4o"]  # the skipped heavy is the last resort
+    assert reply.record.profile == "heavy" and reply.record.degraded_from is None
+    assert "rate_limit_429" in reply.record.degradations

@@ -9,59 +9,13 @@ import pytest
 from mirai_magics.client.errors import (
     CircuitOpenError,
     ClientRequestError,
+    MiraiError,
     RetriesExhaustedError,
 )
-from mirai_magics.config import parse_config
 from mirai_magics.session import Session, StreamRestart
 
 KEY = "sk-test-engine-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    """Records requested sleeps and advances the fake clock instead of waiting."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.clock.now += seconds
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def sleeps(clock):
-    return FakeSleep(clock)
-
-
-@pytest.fixture
-def make_session(offline_server, monkeypatch, clock, sleeps):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    sessions = []
-
-    def make(extra: str = "") -> Session:
-        yaml_text = f"endpoint: {{base_url: '{offline_server.url}'}}\n{extra}"
-        session = Session(parse_config(yaml_text, "test.yaml"), clock=clock, sleep=sleeps)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 @pytest.fixture
@@ -306,3 +260,25 @@ def test_reload_picks_up_a_rotated_key(monkeypatch):
             monkeypatch.setenv("OPENAI_API_KEY", rotated)
             session.reload()
             assert session.chat(HELLO).text
+
+
+def test_a_pinned_model_is_not_carried_into_fallback_hops(session, offline_server):
+    offline_server.set_faults(retry_after=0)
+    offline_server.script(["429"] * 4 + ["ok"])
+    reply = session.chat(HELLO, "heavy", model="gpt-4o-2024-08-06")
+    models = [r["model"] for r in offline_server.stats_snapshot()["recent"]]
+    assert models == ["gpt-4o-2024-08-06"] * 4 + ["gpt-4o-mini"]
+    assert (reply.record.model, reply.record.degraded_from) == ("gpt-4o-mini", "heavy")
+
+
+def test_open_breaker_refuses_before_waiting_for_quota(make_session, offline_server, sleeps):
+    session = make_session("limits: {requests_per_second: {chat: 0.2}, max_wait_s: 30}")
+    offline_server.set_faults(fail_5xx=1.0)
+    for _ in range(2):
+        with pytest.raises(MiraiError):
+            session.chat(HELLO, "fast")  # 4 + 1 failures open the breaker
+    waited, tokens = list(sleeps.calls), session.policy.buckets["chat"].tokens
+    with pytest.raises(CircuitOpenError):
+        session.chat(HELLO, "fast")
+    assert sleeps.calls == waited  # no rate-token wait, no backoff: refused at once
+    assert session.policy.buckets["chat"].tokens == tokens  # and no rate token was taken

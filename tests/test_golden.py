@@ -17,13 +17,8 @@ GOLDEN = REPO / "tests" / "golden_prompts.yaml"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    for name in ("MIRAI_RECORD", "MIRAI_REPLAY", "MIRAI_REPLAY_MODE", "MIRAI_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("MIRAI_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `mirai golden` runs where a user would: its own folder
 
 
 def write(tmp_path: Path, entries: list[dict]) -> str:

@@ -8,57 +8,9 @@ import pytest
 
 from mirai_magics.client.errors import QuotaExceededError
 from mirai_magics.client.limits import Reservation, RollingBudget, TokenBucket, TokenBudgets
-from mirai_magics.config import parse_config
-from mirai_magics.session import Session
 
 KEY = "sk-test-limits-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSleep:
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.clock.now += seconds
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def sleeps(clock):
-    return FakeSleep(clock)
-
-
-@pytest.fixture
-def make_session(offline_server, monkeypatch, tmp_path, clock, sleeps):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / ".mirai"))  # call log and memory
-    sessions = []
-
-    def make(extra: str = "", fake_time: bool = True) -> Session:
-        yaml_text = f"endpoint: {{base_url: '{offline_server.url}'}}\n{extra}"
-        timing = {"clock": clock, "sleep": sleeps} if fake_time else {}
-        session = Session(parse_config(yaml_text, "test.yaml"), **timing)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def requests_seen(server) -> int:

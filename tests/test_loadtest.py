@@ -54,17 +54,17 @@ def number(text: str) -> float:
 
 
 @pytest.mark.slow
-def test_short_chaos_run_meets_the_targets(tmp_path):
+def test_30_second_chaos_run_meets_the_targets(tmp_path):
     done = loadtest(
         tmp_path,
-        *("--dialogs", "20", "--duration", "10", "--fail-429", "0.1", "--fail-5xx", "0.1"),
+        *("--dialogs", "50", "--duration", "30", "--fail-429", "0.1", "--fail-5xx", "0.1"),
         *("--progress", "5"),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = report(done.stdout)
     assert set(rows) == set(FIELDS), done.stdout
     calls = number(rows["calls"])
-    assert calls >= 20 and "ok" in rows["calls"]
+    assert calls >= 50 and "ok" in rows["calls"]
     for field in ("latency p50", "latency p95", "latency p99"):
         assert rows[field].endswith(" s")
     assert number(rows["latency p50"]) <= number(rows["latency p95"]) <= number(rows["latency p99"])
@@ -89,6 +89,22 @@ def test_missed_targets_exit_non_zero(tmp_path):
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "p95 ≤ 1e-06 s: FAIL · errors < 3%: PASS" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dialogs", "0"), "--dialogs must be at least 1, got 0"),
+        (("--duration", "-5"), "--duration must be positive"),
+        (("--fail-429", "1.5"), "--fail-429 is a probability in 0..1, got 1.5"),
+        (("--profile", "embed"), "--profile 'embed' is not a chat profile"),
+    ],
+)
+def test_bad_options_get_one_line_and_exit_1(tmp_path, args, message):
+    done = loadtest(tmp_path, *args)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
 
 
 def record(latency_s: float, error: str | None = None, attempts: int = 1) -> CallRecord:

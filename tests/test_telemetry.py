@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mirai_magics.client.errors import ClientRequestError, MiraiError, QuotaExceededError
 from mirai_magics.config import parse_config
-from mirai_magics.session import Session
 from mirai_magics.telemetry import Telemetry
 from mirai_magics.telemetry.tracing import span
 from mirai_magics.ui.cell import CellRequest, run_cell
@@ -27,35 +26,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 LABELS = {"model", "status", "direction", "reason", "rule", "kind", "le"}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 7_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def no_sleep(seconds: float) -> None:
-    return None
-
-
-@pytest.fixture
-def make_session(offline_server, monkeypatch, tmp_path):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("MIRAI_HOME", str(tmp_path / ".mirai"))  # call log and memory
+@pytest.fixture(autouse=True)
+def secret_in_env(monkeypatch):
     monkeypatch.setenv("MIRAI_TEST_SECRET_TOKEN", SECRET)
-    sessions = []
-
-    def make(extra: str = "") -> Session:
-        yaml_text = f"endpoint: {{base_url: '{offline_server.url}'}}\n{extra}"
-        config = parse_config(yaml_text, "test.yaml")
-        session = Session(config, clock=FakeClock(), sleep=no_sleep)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -82,7 +55,7 @@ def free_port() -> int:
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def test_metrics_after_a_scripted_sequence(make_session, offline_server):
+def test_metrics_after_a_scripted_sequence(make_session, offline_server, clock):
     session = make_session("circuit_breaker: {failure_threshold: 2}\ndefaults: {max_attempts: 2}")
     offline_server.script(["429", "ok"])
     ok = session.chat(HELLO).record
@@ -118,6 +91,9 @@ def test_metrics_after_a_scripted_sequence(make_session, offline_server):
     labels = {k for name, pairs in m for k, _ in pairs}
     assert labels <= LABELS  # no label carries a prompt, a key or free text
     assert not any(SECRET in v or "sk-" in v for _, pairs in m for _, v in pairs)
+    clock.now += 60  # half-open: still not closed, still 1 (so "open for 1m" can fire)
+    assert session.breaker_states()[fast] == "half-open"
+    assert value(scrape(port), "mirai_circuit_breaker_open", model=fast) == 1
 
 
 def test_each_session_has_its_own_registry():

@@ -31,8 +31,15 @@ class CircuitBreaker:
         self.probe_successes = 0
         self.reopen_at = 0.0
         self.probe_in_flight = False
-        self.opened_total = 0
         self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise CircuitOpenError if an attempt now would be refused; changes no state."""
+        with self._lock:
+            now = self.clock()
+            open_now = self.state is State.OPEN and now < self.reopen_at
+            if open_now or (self.state is State.HALF_OPEN and self.probe_in_flight):
+                raise CircuitOpenError(self.model, max(self.reopen_at - now, 0.0))
 
     def acquire(self) -> bool:
         """Admit one attempt (True when it is a half-open probe) or raise CircuitOpenError."""
@@ -94,4 +101,3 @@ class CircuitBreaker:
         self.reopen_at = self.clock() + seconds
         self.failures = 0
         self.probe_successes = 0
-        self.opened_total += 1

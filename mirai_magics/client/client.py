@@ -110,6 +110,7 @@ class ResilientClient:
             return [list(item.embedding) for item in response.data]
 
         try:
+            self.breaker(prof.model).check()
             async with self._admitted("embeddings", record, background):
                 vectors = await self._retrying(record, prof, deadline, attempt)
         except BaseException as exc:
@@ -135,11 +136,17 @@ class ResilientClient:
     ) -> str:
         deadline = started + self.config.defaults.deadline_s
         estimate, _ = count_messages(messages)
-        if self.policy is not None:
-            name = self.policy.route(name, record)
-        while True:
+        candidates = self._candidates(name, record)
+        for index, name in enumerate(candidates):
+            if name == record.requested_profile:  # first try, or the last resort after a detour
+                record.degraded_from = record.degraded_reason = None
+            else:
+                record.degraded_from = record.requested_profile
+                record.degraded_reason = record.degraded_reason or "rate_limit_429"
             prof = self.config.profile(name)
-            params = chat_params(name, prof, overrides)
+            pinned = name == record.requested_profile  # --model pins the requested profile only
+            hop = overrides if pinned else {k: v for k, v in overrides.items() if k != "model"}
+            params = chat_params(name, prof, hop)
             if self.policy is not None:
                 params = self.policy.adjust_params(params, record)
             record.profile, record.model, record.params = name, params["model"], params
@@ -149,6 +156,7 @@ class ResilientClient:
                 if replayed is not None:  # None: a miss in fallthrough mode goes live
                     return replayed
             try:
+                self.breaker(params["model"]).check()  # open: refuse before taking any quota
                 async with self._admitted("chat", record, background):
                     return await self._retrying(
                         record,
@@ -159,13 +167,24 @@ class ResilientClient:
                         ),
                     )
             except (CircuitOpenError, RetriesExhaustedError) as exc:
-                fallback = self.config.fallback_for(name)
                 reason = fallback_reason(exc)
-                if fallback is None or reason is None:
+                if reason is None or index + 1 == len(candidates):
                     raise
-                record.degraded_from = record.degraded_from or record.requested_profile
                 record.degraded_reason = reason
-                name = fallback
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    def _candidates(self, requested: str, record: CallRecord) -> list[str]:
+        """Profiles to try in order: the fallback chain from where the policy routes the call.
+
+        When rate_limit_429 already diverted the call down the chain, the profiles it skipped
+        come last: a rate-limited model is still better than no answer.
+        """
+        chain = [requested]
+        while (following := self.config.fallback_for(chain[-1])) and following not in chain:
+            chain.append(following)
+        start = self.policy.route(requested, record) if self.policy is not None else requested
+        at = chain.index(start) if start in chain else 0
+        return chain[at:] + chain[:at]
 
     def _admitted(self, kind: str, record: CallRecord, background: bool) -> Any:
         """The quota/concurrency gate from the policy, or a no-op without one."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import ErrorRateRule, LatencyRule, RateLimitRule, Rules
+from ..quantiles import percentile
 
 RATE_LIMIT, LATENCY, ERROR_RATE = "rate_limit_429", "latency_high", "error_rate_5percent"
 # Calls that never reached the service say nothing about its health.
@@ -37,8 +38,7 @@ NOT_SENT = frozenset(
 
 def p95(values: Sequence[float]) -> float:
     """Nearest-rank 95th percentile of a non-empty sequence."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return percentile(values, 95) or 0.0
 
 
 def hysteresis(engaged: bool, value: float, engage_at: float, lift_below: float) -> bool:

@@ -94,14 +94,15 @@ class RollingBudget:
         self.window_s = window_s
         self.in_flight: dict[int, int] = {}
         self.settled: deque[tuple[float, int]] = deque()
+        self._settled_total = 0  # running sum of ``settled``: used() is O(expired), not O(n)
         self._lock = threading.Lock()
 
     def used(self) -> int:
         with self._lock:
             horizon = self.clock() - self.window_s
             while self.settled and self.settled[0][0] <= horizon:
-                self.settled.popleft()
-            return sum(self.in_flight.values()) + sum(n for _, n in self.settled)
+                self._settled_total -= self.settled.popleft()[1]
+            return sum(self.in_flight.values()) + self._settled_total
 
     def frees_in(self, amount: int) -> float:
         """Seconds until ``amount`` more tokens fit (settled usage rolls out of the window)."""
@@ -146,6 +147,7 @@ class RollingBudget:
             self.in_flight.pop(reservation.id, None)
             if actual > 0:
                 self.settled.append((self.clock(), actual))
+                self._settled_total += actual
 
 
 class TokenBudgets:

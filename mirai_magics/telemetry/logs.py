@@ -59,7 +59,9 @@ class CallLogger:
         self.secret_names = tuple(secret_names) or DEFAULT_SECRET_NAMES
 
     def log_call(self, record: Any, info: dict[str, Any]) -> str:
-        """Log one call; returns the line (already redacted)."""
+        """Log one call; returns the redacted line, or "" when no handler would emit it."""
+        if not (self.logger.isEnabledFor(logging.INFO) and self.logger.hasHandlers()):
+            return ""  # nobody listens: skip the JSON and redaction work on the hot path
         fields = call_fields(record, self.include_prompts, info)
         line = json.dumps(fields, ensure_ascii=False, default=str)
         line = redact(line, secret_env_values(self.secret_names))

@@ -33,11 +33,13 @@ class _BreakerCollector:
 
         family = GaugeMetricFamily(
             "mirai_circuit_breaker_open",
-            "1 while the model's circuit breaker is open",
+            "1 while the model's circuit breaker is not closed (open, or half-open probing)",
             labels=["model"],
         )
         for model, state in sorted(self._states().items()):
-            family.add_metric([model], 1.0 if state == "open" else 0.0)
+            # half-open counts: a failing model alternates open 60 s / probe / open 30 s,
+            # and "open for 1m" must still hold for it
+            family.add_metric([model], 0.0 if state == "closed" else 1.0)
         yield family
 
     def _states(self) -> dict[str, str]:
@@ -126,10 +128,10 @@ class Metrics:
         with self._lock:
             if self._server is not None and port in (0, self.port):
                 return int(self._server.server_port)
+            # bind the new port first: if it is busy, the running endpoint stays up
+            server, thread = start_http_server(port, addr=LOOPBACK, registry=self.registry)
             self._stop_locked()
-            self._server, self._thread = start_http_server(
-                port, addr=LOOPBACK, registry=self.registry
-            )
+            self._server, self._thread = server, thread
             return int(self._server.server_port)
 
     def stop(self) -> bool:

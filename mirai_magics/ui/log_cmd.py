@@ -78,6 +78,7 @@ def show_log(session: Any, rest: list[str]) -> None:
     if not session.config.observability.call_log.enabled:
         show_note("the call log is off (observability.call_log.enabled: false)")
         return
+    session.flush_logs()
     calls = read_calls(path, limit)
     if as_json:
         print(json.dumps(calls, indent=2, ensure_ascii=False))

@@ -7,14 +7,7 @@ from typing import Any
 
 from IPython.display import display
 
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of ``values``, None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+from ..quantiles import percentile
 
 
 def status_rows(session: Any) -> list[tuple[str, str]]:
