@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from mirai_magics.client.records import CallRecord
-from mirai_magics.loadtest import summarize, verdict
+from mirai_magics.loadreport import summarize, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = (

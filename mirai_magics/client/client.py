@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,10 +16,10 @@ from ..tokens import count_messages, count_text
 from .breaker import CircuitBreaker
 from .errors import (
     CircuitOpenError,
-    ClientRequestError,
     MiraiError,
     RetriesExhaustedError,
 )
+from .failures import as_mirai_error, fallback_reason
 from .params import chat_params, output_cap
 from .records import CallRecord, Reply
 from .retry import backoff, classify, stop_before_deadline, wait_retry_after
@@ -189,7 +190,7 @@ class ResilientClient:
     def _admitted(self, kind: str, record: CallRecord, background: bool) -> Any:
         """The quota/concurrency gate from the policy, or a no-op without one."""
         if self.policy is None:
-            return _NoGate()
+            return contextlib.nullcontext()
         return self.policy.admit(kind, record, background)
 
     async def _retrying(
@@ -218,7 +219,7 @@ class ResilientClient:
         except MiraiError:
             raise
         except Exception as exc:
-            raise _as_mirai_error(exc, record, cap) from None
+            raise as_mirai_error(exc, record, cap) from None
 
     async def _attempt(
         self,
@@ -321,66 +322,7 @@ class ResilientClient:
             observer(event, record, info or {})
 
 
-class _NoGate:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
 def _take_usage(record: CallRecord, usage: Any) -> None:
     if usage is not None:
         record.tokens_in = usage.prompt_tokens
         record.tokens_out = usage.completion_tokens
-
-
-def fallback_reason(exc: MiraiError) -> str | None:
-    """Why a failed profile may hand over to the next one in the chain, or None.
-
-    Rate limits, an open breaker and server errors are per model, so another model can
-    help; timeouts and connection errors usually hit the whole endpoint, so they end the call.
-    """
-    if isinstance(exc, CircuitOpenError):
-        return "circuit_open"
-    if isinstance(exc, RetriesExhaustedError) and exc.last_reason == "429":
-        return "429"
-    if isinstance(exc, RetriesExhaustedError) and exc.status is not None and exc.status >= 500:
-        return "5xx"
-    return None
-
-
-def _as_mirai_error(exc: Exception, record: CallRecord, cap: float) -> MiraiError:
-    """The last SDK error, as the one-line MiraiError a notebook user can act on."""
-    outcome = classify(exc, cap)
-    if outcome.retryable:
-        what = _describe(outcome.reason)
-        return RetriesExhaustedError(
-            f"{record.model}: {what} after {record.attempts} attempt(s)",
-            attempts=record.attempts,
-            last_reason=outcome.reason,
-            status=outcome.status,
-        )
-    return ClientRequestError(
-        f"{record.model}: HTTP {outcome.status or '?'} {_api_message(exc)}".strip(),
-        status=outcome.status,
-    )
-
-
-def _describe(reason: str) -> str:
-    if reason == "429":
-        return "rate limited (HTTP 429)"
-    if reason.isdigit():
-        return f"server error (HTTP {reason})"
-    return {"timeout": "timed out", "connection": "could not connect"}.get(reason, reason)
-
-
-def _api_message(exc: Exception) -> str:
-    """The API's own error message, shortened to one line and free of secrets."""
-    from ..redact import redact
-
-    body = getattr(exc, "body", None)
-    message = body.get("message") if isinstance(body, dict) else None
-    text = message if isinstance(message, str) else str(exc)
-    text = " ".join(text.split())
-    return redact(text[:200])

@@ -24,7 +24,6 @@ class Telemetry:
         self.metrics = Metrics(config.observability.metrics)
         self.logs = CallLogger()
         self._retries_seen: dict[str, int] = {}
-        self.exporting = False
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -35,7 +34,7 @@ class Telemetry:
         self.logs.include_prompts = settings.include_prompts
         self.logs.secret_names = tuple(config.security.redact_env_names)
         self.logs.logger.setLevel(settings.level)
-        self.exporting = configure(config.observability.tracing)
+        configure(config.observability.tracing)
 
     def watch_breakers(self, source: Callable[[], dict[str, str]]) -> None:
         """Where `mirai_circuit_breaker_open{model}` reads breaker states at scrape time."""

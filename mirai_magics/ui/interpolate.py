@@ -25,7 +25,6 @@ MAX_VALUE_CHARS = 20_000
 class Interpolated:
     text: str
     undefined: list[str] = field(default_factory=list)
-    used: list[str] = field(default_factory=list)
 
 
 class _Missing(Exception):
@@ -49,7 +48,6 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> Interpolated:
         except _Missing:
             result.undefined.append(ref)
             return match.group(0)
-        result.used.append(ref)
         return _as_text(value)
 
     result.text = _REF.sub(substitute, text)

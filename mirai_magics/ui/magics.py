@@ -271,13 +271,21 @@ def _parse(func: Any, line: str, config: Any) -> Any:
     try:
         return parse_argstring(func, line)
     except IPythonUsageError as exc:
-        options = f"--model, -t/--temperature, --max-tokens, -f/--format {{{','.join(FORMATS)}}}, "
-        options += "--system, "
-        options += "--no-history, --no-memory, -k, --stream/--no-stream, --out, --no-interp"
         raise ValueError(
-            f"{str(exc).strip()} — valid options: {options}; profiles: "
+            f"{str(exc).strip()} — valid options: {_options(func.parser)}; profiles: "
             f"{', '.join(config.chat_profiles())}"
         ) from None
+
+
+def _options(parser: Any) -> str:
+    """The cell magic's options as the parser knows them, e.g. ``-f/--format {markdown,…}``."""
+    names = []
+    for action in parser._actions:  # argparse keeps no public list of its options
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = "/".join(action.option_strings)
+        names.append(f"{flag} {{{','.join(action.choices)}}}" if action.choices else flag)
+    return ", ".join(names)
 
 
 def _fail(exc: BaseException) -> None:

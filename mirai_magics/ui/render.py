@@ -40,9 +40,7 @@ def parse_json(text: str) -> Any:
 
 def answer_bundle(text: str, fmt: str) -> dict[str, str]:
     """MIME bundle for the answer text (markdown rendered, other formats as plain text)."""
-    if fmt == "markdown":
-        return {"text/markdown": text, "text/plain": text}
-    if fmt == "code":
+    if fmt in ("markdown", "code"):  # code answers show their fences rendered
         return {"text/markdown": text, "text/plain": text}
     return {"text/plain": text}
 

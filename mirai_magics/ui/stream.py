@@ -21,7 +21,6 @@ class StreamView:
         self.throttle_s = throttle_ms / 1000
         self.clock = clock
         self.parts: list[str] = []
-        self.updates = 0
         self._last = float("-inf")
         self.handle = display({"text/plain": "…"}, raw=True, display_id=True)
 
@@ -34,7 +33,6 @@ class StreamView:
         now = self.clock()
         if now - self._last >= self.throttle_s:
             self._last = now
-            self.updates += 1
             self.handle.update(answer_bundle(self.text + " ▌", "markdown"), raw=True)
 
     def restart(self) -> None:
