@@ -1,32 +1,33 @@
 """The call log: every call (success or failure) appended to SQLite, secrets redacted.
 
 One row per call with its request (parameters, messages unless ``include_prompts`` is
-off), the answer, usage, latency, attempts, retry reasons, degradation and error. The
-main log lives in ``<home>/calls.sqlite`` (WAL, so two kernels can append at once);
-``MIRAI_RECORD=path`` adds a *cassette*: the same table holding only live chat calls,
-in rollback-journal mode so the file can be committed next to a notebook.
+off), the answer, usage, latency, attempts, retry reasons, degradation and error (the
+row itself is built by :mod:`mirai_magics.calllog_rows`). The main log lives in
+``<home>/calls.sqlite`` (WAL, so two kernels can append at once); ``MIRAI_RECORD=path``
+adds a *cassette*: the same table holding only live chat calls, in rollback-journal mode
+so the file can be committed next to a notebook.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from .background import BackgroundWorker
-from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
+from .calllog_rows import current_cell, new_session_id, row_values, text_key
+from .client.errors import ConfigError
+from .redact import DEFAULT_SECRET_NAMES, secret_env_values
 
 log = logging.getLogger(__name__)
 FILE_NAME = "calls.sqlite"
 BUSY_TIMEOUT_MS = 10_000
+MAX_REMEMBERED_SECRETS = 100
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,81 +45,6 @@ CREATE INDEX IF NOT EXISTS calls_prompt_hash ON calls(prompt_hash);
 """
 
 
-# --- pure helpers ---------------------------------------------------------------------
-
-
-def canonical(value: Any) -> str:
-    """Stable JSON text: sorted keys, no spaces, non-ASCII kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def request_key(params: dict[str, Any], messages: list[dict[str, Any]]) -> str:
-    """SHA-256 of (model, messages, parameters): what replay looks a recording up by."""
-    body = {"model": params.get("model"), "messages": messages, "params": params}
-    return hashlib.sha256(canonical(body).encode()).hexdigest()
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            return content if isinstance(content, str) else canonical(content)
-    return ""
-
-
-def prompt_key(messages: list[dict[str, Any]]) -> str:
-    """SHA-256 of the last user message alone (to explain a replay miss)."""
-    return hashlib.sha256(last_user_text(messages).encode()).hexdigest()
-
-
-def current_cell() -> str | None:
-    """The running notebook cell as ``[n]`` (IPython's execution count), if any."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    inputs = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
-    # In[] already holds the running cell; execution_count is bumped before or after the
-    # cell runs depending on the IPython version, so it is not used.
-    return f"[{len(inputs) - 1}]" if isinstance(inputs, list) and len(inputs) > 1 else None
-
-
-def row_values(
-    record: Any, messages: list[dict[str, Any]] | None, text: str | None, **ids: Any
-) -> dict[str, Any]:
-    """One call log row (unredacted) from a CallRecord, its messages and answer."""
-    return {
-        "id": record.id,
-        "time": record.started_at,
-        "kind": record.kind,
-        "profile": record.profile,
-        "requested_profile": record.requested_profile,
-        "model": record.model,
-        "request_hash": request_key(record.params, messages) if messages else None,
-        "prompt_hash": prompt_key(messages) if messages else None,
-        "params": canonical(record.params),
-        "messages": canonical(messages) if messages is not None else None,
-        "response": text,
-        "tokens_in": record.tokens_in,
-        "tokens_out": record.tokens_out,
-        "latency_ms": round(record.latency_ms, 3),
-        "attempts": record.attempts,
-        "retry_reasons": canonical(record.retry_reasons),
-        "degraded_from": record.degraded_from,
-        "degraded_reason": record.degraded_reason,
-        "finish_reason": record.finish_reason,
-        "offline": int(record.offline),
-        "streamed": int(record.streamed),
-        "replayed": int(record.replayed),
-        "error": record.error,
-        "error_code": record.error_code,
-        "user": record.user,
-        **ids,
-    }
-
-
-def new_session_id() -> str:
-    return f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
-
-
 # --- the SQLite file -------------------------------------------------------------------
 
 
@@ -128,10 +54,14 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
 
 
@@ -139,14 +69,19 @@ def read_calls(path: Path, limit: int = 10) -> list[dict[str, Any]]:
     """The last ``limit`` rows of a call log, oldest first (empty when there is no file)."""
     if not path.exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "SELECT * FROM calls ORDER BY seq DESC LIMIT ?", (max(limit, 0),)
-        ).fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.row_factory = sqlite3.Row
+            query = "SELECT * FROM calls ORDER BY seq DESC LIMIT ?"
+            rows = conn.execute(query, (max(limit, 0),)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # corrupt, not SQLite, or another table layout
+        raise ConfigError(
+            f"call log {path} cannot be read ({exc})",
+            hint=f"rename it (e.g. to {path.name}.broken): the next call starts a new log",
+        ) from None
     return [_decoded(dict(row)) for row in reversed(rows)]
 
 
@@ -180,7 +115,9 @@ class CallLog:
         self._lock = threading.Lock()
         self._conversations: OrderedDict[str, str] = OrderedDict()
         self._count = 0
-        self._env_size, self._secret_values = -1, []
+        self._known_secrets: dict[str, None] = {}  # every secret value seen, oldest first
+        self._secrets()
+        self._failing = False
         self._worker = BackgroundWorker(f"mirai-call-log-{self.path.name}")
 
     def __repr__(self) -> str:
@@ -198,7 +135,11 @@ class CallLog:
         try:
             self.write(*args)
         except (sqlite3.Error, OSError) as exc:  # the log must never break the call itself
-            log.warning("mirai: call log %s not written: %s", self.path, exc)
+            if not self._failing:  # once per outage, not once per call
+                log.warning("mirai: call log %s not written: %s", self.path, exc)
+            self._failing = True
+        else:
+            self._failing = False
 
     def flush(self) -> None:
         """Wait until every call observed so far is on disk."""
@@ -216,35 +157,36 @@ class CallLog:
             record,
             messages,
             text,
+            self._secrets(),
             session=self.session_id,
             conversation=self._conversation(messages, text),
             cell=cell if cell is not None else current_cell(),
         )
         if not self.include_prompts:
             row["messages"] = None
-        secrets = self._secrets()
-        values = [_redacted(value, secrets) for value in row.values()]
         insert = f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
         with self._lock:
-            self._connection().execute(insert, values)
+            self._connection().execute(insert, list(row.values()))
 
     def _secrets(self) -> list[str]:
-        """Secret env values, re-read whenever a variable is added or removed (cheap check)."""
-        if self._env_size != len(os.environ):
-            self._secret_values = secret_env_values(self.secret_names)
-            self._env_size = len(os.environ)
-        return self._secret_values
+        """Secret env values now, plus earlier ones: a value rotated away is still redacted."""
+        for value in secret_env_values(self.secret_names):
+            self._known_secrets.pop(value, None)
+            self._known_secrets[value] = None
+        while len(self._known_secrets) > MAX_REMEMBERED_SECRETS:
+            del self._known_secrets[next(iter(self._known_secrets))]
+        return sorted(self._known_secrets, key=len, reverse=True)
 
     def _conversation(self, messages: list[dict[str, Any]] | None, text: str | None) -> str:
         """Same id as the call whose answer ends this request's history, else a new one."""
         previous = [m for m in (messages or [])[:-1] if m.get("role") == "assistant"]
-        key = _text_key(previous[-1].get("content")) if previous else None
+        key = text_key(previous[-1].get("content")) if previous else None
         conversation = self._conversations.get(key) if key else None
         if conversation is None:
             self._count += 1
             conversation = f"{self.session_id}/{self._count}"
         if text:
-            self._conversations[_text_key(text)] = conversation
+            self._conversations[text_key(text)] = conversation
             while len(self._conversations) > 1000:
                 self._conversations.popitem(last=False)
         return conversation
@@ -254,11 +196,6 @@ class CallLog:
             self._conn = connect(self.path, wal=not self.cassette)
         return self._conn
 
-    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The last ``limit`` calls in this file (all sessions), oldest first."""
-        self.flush()
-        return read_calls(self.path, limit)
-
     def close(self) -> None:
         """Write what is queued, then close the file; a later write reopens it."""
         self._worker.stop()
@@ -266,14 +203,6 @@ class CallLog:
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-
-def _text_key(text: Any) -> str:
-    return hashlib.sha256(str(text).encode()).hexdigest()
-
-
-def _redacted(value: Any, secrets: list[str]) -> Any:
-    return redact(value, secrets) if isinstance(value, str) else value
 
 
 # --- wiring -------------------------------------------------------------------------------

@@ -4,16 +4,15 @@
 
 Each entry has a ``name``, a ``prompt`` (sent literally: no interpolation), a ``profile``
 (default main), an optional ``format`` and ``options`` (model, temperature, max_tokens,
-system) and ``checks``: contains, not_contains, regex, json_schema, max_output_tokens.
+system) and ``checks`` (see :mod:`mirai_magics.golden_checks`). The whole file is
+validated before the first prompt runs.
 Without ``--url`` an in-process offline server answers. Exit status 1 when any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,19 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .golden_checks import CHECKS, check_answer, check_problems
+
 DEFAULT_FILE = "tests/golden_prompts.yaml"
 FORMATS = ("markdown", "code", "text", "json")
-CHECKS = ("contains", "not_contains", "regex", "json_schema", "max_output_tokens")
 OPTIONS = ("model", "temperature", "max_tokens", "system")
-_TYPES: dict[str, Any] = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
-    "number": (int, float),
-    "integer": int,
-}
+_FIX = "fix the entry and run `mirai golden` again (nothing was sent)"
 
 
 @dataclass
@@ -60,74 +52,6 @@ class Outcome:
         return not self.failures
 
 
-# --- checks (pure) ------------------------------------------------------------------------
-
-
-def schema_errors(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
-    """JSON-schema subset: type, enum, required, properties, items."""
-    expected = schema.get("type")
-    if expected is not None and not _is_type(value, expected):
-        return [f"{where}: expected {expected}, got {type(value).__name__}"]
-    errors: list[str] = []
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: {value!r} not in {schema['enum']!r}")
-    if isinstance(value, dict):
-        errors += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in value]
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                errors += schema_errors(value[key], sub, f"{where}.{key}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema["items"], f"{where}[{i}]")
-    return errors
-
-
-def _is_type(value: Any, expected: str | list[str]) -> bool:
-    names = [expected] if isinstance(expected, str) else expected
-    for name in names:
-        if name not in _TYPES:
-            raise ValueError(f"json_schema: unsupported type {name!r}")
-        if isinstance(value, bool) and name in ("number", "integer"):
-            continue
-        if isinstance(value, _TYPES[name]):
-            return True
-    return False
-
-
-def check_answer(text: str, tokens_out: int | None, checks: dict[str, Any]) -> list[str]:
-    """Every failed check as one line; empty when the answer passes."""
-    failures = [f"missing {s!r}" for s in _listed(checks.get("contains")) if s not in text]
-    failures += [f"contains {s!r}" for s in _listed(checks.get("not_contains")) if s in text]
-    failures += [
-        f"no match for /{p}/" for p in _listed(checks.get("regex")) if not re.search(p, text)
-    ]
-    cap = checks.get("max_output_tokens")
-    if cap is not None and (tokens_out is None or tokens_out > cap):
-        failures.append(f"{tokens_out} output tokens > {cap}")
-    if "json_schema" in checks:
-        failures += _json_failures(text, checks["json_schema"])
-    return failures
-
-
-def _json_failures(text: str, schema: dict[str, Any]) -> list[str]:
-    from .ui.render import parse_json
-
-    try:
-        value = parse_json(text)
-    except json.JSONDecodeError as exc:
-        return [f"not JSON: {exc.msg}"]
-    try:
-        return schema_errors(value, schema)
-    except ValueError as exc:
-        return [str(exc)]
-
-
-def _listed(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
 # --- the file -------------------------------------------------------------------------------
 
 
@@ -150,21 +74,36 @@ def _golden(entry: Any, index: int, path: Path) -> Golden:
     from .client.errors import ConfigError
 
     where = f"{path}: entry {index + 1}"
-    if not isinstance(entry, dict) or not entry.get("name") or not entry.get("prompt"):
-        raise ConfigError(f"{where}: needs at least `name` and `prompt`")
+    if not isinstance(entry, dict) or not _is_text(entry.get("name"), entry.get("prompt")):
+        raise ConfigError(f"{where}: needs at least `name` and `prompt` (strings)", hint=_FIX)
+    problems = entry_problems(entry)
+    if problems:
+        raise ConfigError(f"{where} ({entry['name']}): {'; '.join(problems)}", hint=_FIX)
+    fields = {**entry, "options": entry.get("options") or {}, "checks": entry.get("checks") or {}}
+    return Golden(**fields)
+
+
+def entry_problems(entry: dict[str, Any]) -> list[str]:
+    """Every mistake in one entry (pure), so a run never stops half-way on a bad file."""
     problems = [f"unknown key {k!r}" for k in entry if k not in Golden.__dataclass_fields__]
-    problems += [f"unknown check {k!r}" for k in entry.get("checks") or {} if k not in CHECKS]
-    problems += [f"unknown option {k!r}" for k in entry.get("options") or {} if k not in OPTIONS]
     if entry.get("format") not in (None, *FORMATS):
         problems.append(f"format must be one of {', '.join(FORMATS)}")
-    checks = entry.get("checks") or {}
-    if not isinstance(checks.get("json_schema", {}), dict):
-        problems.append("json_schema must be a mapping")
-    if not isinstance(checks.get("max_output_tokens", 0), int):
-        problems.append("max_output_tokens must be an integer")
-    if problems:
-        raise ConfigError(f"{where} ({entry['name']}): {'; '.join(problems)}")
-    return Golden(**{**entry, "options": entry.get("options") or {}, "checks": checks})
+    problems += _mapping_problems(entry.get("options"), "option", OPTIONS)
+    checks = entry.get("checks")
+    problems += _mapping_problems(checks, "check", CHECKS)
+    return problems + (check_problems(checks) if isinstance(checks, dict) else [])
+
+
+def _mapping_problems(value: Any, noun: str, known: tuple[str, ...]) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [f"{noun}s must be a mapping of {noun}: value (one of {', '.join(known)})"]
+    return [f"unknown {noun} {k!r}" for k in value if k not in known]
+
+
+def _is_text(*values: Any) -> bool:
+    return all(isinstance(v, str) and v for v in values)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -202,6 +141,8 @@ def run_golden(session: Any, golden: Golden) -> Outcome:
 
 def format_table(outcomes: list[Outcome]) -> str:
     """The pass/fail table (pure)."""
+    from .ui.log_cmd import text_grid
+
     header = ("#", "name", "profile", "format", "result", "tokens", "ms", "detail")
     rows = [
         (
@@ -216,11 +157,7 @@ def format_table(outcomes: list[Outcome]) -> str:
         )
         for i, o in enumerate(outcomes, 1)
     ]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    lines = [
-        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
+    lines = text_grid(header, rows)
     failed = sum(not o.ok for o in outcomes)
     lines.append(f"{len(outcomes) - failed} passed, {failed} failed")
     return "\n".join(lines)

@@ -1,11 +1,14 @@
 """Replay mode: answer chat calls from a recorded call log or cassette, with no network.
 
-A request is looked up by :func:`~mirai_magics.calllog.request_key` (model, messages,
-parameters). When the same request was recorded several times, the n-th identical call
-gets the n-th recorded answer of the latest recording run that made it, so a notebook
-replays exactly. A miss raises :class:`ReplayMissError` naming the cell (strict mode) or
-lets the live call proceed (``MIRAI_REPLAY_MODE=fallthrough``). While ``MIRAI_RECORD`` is
-set replay stays off: a recording run always calls the live model.
+A request is looked up by :func:`~mirai_magics.calllog_rows.request_key` (model, redacted
+messages without the memory block, parameters). Only live answers count as recordings: the
+rows a replay run adds to the main call log are skipped. When the same request was recorded
+several times, the n-th identical call gets the n-th recorded answer of the latest recording
+run that made it, so a notebook replays exactly. A miss raises :class:`ReplayMissError`
+naming the cell (strict mode) or lets the live call proceed (``MIRAI_REPLAY_MODE=fallthrough``).
+While ``MIRAI_RECORD`` is set replay stays off: a recording run always calls the live model.
+The session does not search the notebook memory while replaying (badge: ``memory: off
+(replay)``): the recording was hashed without its memory block.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .calllog import BUSY_TIMEOUT_MS, current_cell, last_user_text, prompt_key, request_key
+from .calllog import BUSY_TIMEOUT_MS
+from .calllog_rows import current_cell, last_user_text, prompt_key, request_key
 from .client.errors import ConfigError, ReplayMissError
-from .redact import redact_all
+from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 
 MODES = ("strict", "fallthrough")
-_LOOKUP = """
+_RECORDED = "kind = 'chat' AND error IS NULL AND response IS NOT NULL AND replayed = 0"
+_LOOKUP = f"""
 SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id FROM calls
-WHERE request_hash = ? AND kind = 'chat' AND error IS NULL AND response IS NOT NULL
+WHERE request_hash = ? AND {_RECORDED}
 ORDER BY seq
 """
 
@@ -82,10 +87,16 @@ def chunks(text: str, pieces: int = 4) -> list[str]:
 class Replay:
     """The ``client.replay`` seam: ``await answer(record, params, messages, on_text)``."""
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "strict"):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "strict",
+        secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES,
+    ):
         self.path = Path(path).expanduser().resolve()
         self.shown_path = str(path)
         self.mode = replay_mode(mode)
+        self.secret_names = secret_names
         self.hits = 0
         self.misses = 0
         self._seen: Counter[str] = Counter()
@@ -102,7 +113,9 @@ class Replay:
         on_text: Any = None,
     ) -> str | None:
         """The recorded answer (record filled in), None to go live, or ReplayMissError."""
-        key = request_key(params, messages)
+        # Hashed redacted, as the recording was: an answer that came back redacted from the
+        # cassette hashes the same as the original in the history of the next cell.
+        key = request_key(params, messages, secret_env_values(self.secret_names))
         found = self.lookup(key, self._seen[key])
         if found is None:
             self.misses += 1
@@ -130,17 +143,19 @@ class Replay:
         return Recording(text, tokens_in, tokens_out, finish, bool(offline), call_id)
 
     def count(self) -> int:
-        """How many successful chat answers the file holds."""
-        query = "SELECT COUNT(*) FROM calls WHERE kind = 'chat' AND error IS NULL"
+        """How many recorded answers (successful live chat calls) the file holds."""
+        query = f"SELECT COUNT(*) FROM calls WHERE {_RECORDED}"
         return int(self._connection().execute(query).fetchone()[0])
 
     def _miss_message(self, record: Any, messages: list[dict[str, Any]]) -> str:
         cell = current_cell()
         where = f"cell {cell}" if cell else "this request"
+        secrets = secret_env_values(self.secret_names)
         prompt = " ".join(last_user_text(messages).split())
-        prompt = redact_all(prompt if len(prompt) <= 60 else prompt[:59] + "…")
+        prompt = redact(prompt if len(prompt) <= 60 else prompt[:59] + "…", secrets)
         rows = self._connection().execute(
-            "SELECT COUNT(*) FROM calls WHERE prompt_hash = ?", (prompt_key(messages),)
+            f"SELECT COUNT(*) FROM calls WHERE prompt_hash = ? AND {_RECORDED}",
+            (prompt_key(messages, secrets),),
         )
         why = (
             "the prompt was recorded, but with other history, system prompt or options"

@@ -221,7 +221,9 @@ class Session:
         if history and self.policy is not None:  # error_rate_5percent sends less history
             history = self.history.window(self.policy.history_limit(self.history.max_messages))
         memory_block, flags = "", []
-        if request.memory and self.config.memory.enabled:
+        if request.memory and self.config.memory.enabled and self.replay is not None:
+            flags.append("memory: off (replay)")  # recordings are hashed without memory
+        elif request.memory and self.config.memory.enabled:
             memory_block, memory_flags = self.memory.prompt_context(text, request.top_k)
             flags.extend(memory_flags)
         prompt = build_messages(

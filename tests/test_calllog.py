@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -10,11 +11,11 @@ import pytest
 from kernelutil import Kernel, kernel_env
 
 from mirai_magics.calllog import read_calls
-from mirai_magics.client.errors import ClientRequestError, RetriesExhaustedError
+from mirai_magics.client.errors import ClientRequestError, ConfigError, RetriesExhaustedError
 from mirai_magics.config import parse_config
 from mirai_magics.session import Session
 from mirai_magics.ui.cell import CellRequest
-from mirai_magics.ui.log_cmd import log_row, parse_log_args
+from mirai_magics.ui.log_cmd import log_row, parse_log_args, show_log
 
 KEY = "sk-test-calllog-0123456789abcdef"
 SECRET = "plain-db-secret-4711"  # not key-shaped: redacted because its variable says TOKEN
@@ -94,6 +95,42 @@ def test_every_call_is_logged_with_its_fields_and_no_secret(make, offline_server
     for path in (tmp_path / "home").iterdir():  # the database, its WAL and shared memory
         data = path.read_bytes()
         assert KEY.encode() not in data and SECRET.encode() not in data, path
+
+
+def test_a_rotated_secret_is_redacted_and_so_is_the_old_value(make, monkeypatch, tmp_path):
+    session = make()
+    session.chat([{"role": "user", "content": "before the rotation"}])
+    session.flush_logs()
+    rotated = "rotated-db-secret-0815"  # same variable, new value: `%env MIRAI_DB_TOKEN=…`
+    monkeypatch.setenv("MIRAI_DB_TOKEN", rotated)
+    session.chat([{"role": "user", "content": f"new token {rotated}, old token {SECRET}"}])
+    session.close()
+    (_, row) = calls(tmp_path, make)
+    assert row["messages"][-1]["content"] == "new token [REDACTED], old token [REDACTED]"
+    for path in (tmp_path / "home").iterdir():
+        data = path.read_bytes()
+        assert rotated.encode() not in data and SECRET.encode() not in data, path
+
+
+def test_a_corrupt_log_is_one_clear_error_and_calls_keep_working(make, tmp_path, caplog):
+    path = tmp_path / "home" / "calls.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not an SQLite database " * 200)
+    session = make()
+    with caplog.at_level(logging.WARNING, logger="mirai_magics.calllog"):
+        replies = [session.chat([{"role": "user", "content": f"asked {i}"}]) for i in range(3)]
+        session.flush_logs()
+    assert all(f"asked {i}" in r.text for i, r in enumerate(replies))
+    warned = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert len(warned) == 1 and str(path) in warned[0]  # once per outage, not once per call
+    with pytest.raises(ConfigError) as error:
+        show_log(session, [])
+    message = str(error.value)
+    assert message.startswith(f"call log {path} cannot be read") and "\n" not in message
+    assert message.endswith(
+        "rename it (e.g. to calls.sqlite.broken): the next call starts a new log"
+    )
+    assert path.read_bytes().startswith(b"this is not an SQLite database")  # left as it was
 
 
 def test_prompts_stay_out_when_include_prompts_is_off(make, tmp_path):

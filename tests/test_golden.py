@@ -9,7 +9,8 @@ import yaml
 from kernelutil import REPO
 
 from mirai_magics.cli import main
-from mirai_magics.golden import check_answer, load_goldens, schema_errors
+from mirai_magics.golden import load_goldens
+from mirai_magics.golden_checks import check_answer, schema_errors
 from mirai_magics.server import OfflineServer
 
 KEY = "sk-test-golden-0123456789abcdef"
@@ -78,6 +79,31 @@ def test_a_broken_file_is_one_line(tmp_path, capsys):
     path = write(tmp_path, [{"name": "x", "prompt": "y", "checks": {"contanis": "z"}}])
     assert main(["golden", path]) == 1
     assert "entry 1 (x): unknown check 'contanis'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"checks": ["contains"]}, "checks must be a mapping of check: value"),
+        ({"options": ["model"]}, "options must be a mapping of option: value"),
+        ({"checks": {"regex": "("}}, "regex '(' is not a valid regular expression (missing )"),
+        ({"checks": {"contains": {"a": 1}}}, "contains must be a string or a list of strings"),
+        ({"checks": {"max_output_tokens": True}}, "max_output_tokens must be an integer"),
+        (
+            {"checks": {"json_schema": {"properties": {"x": 1}}}},
+            "json_schema.properties.x must be a mapping",
+        ),
+        ({"checks": {"json_schema": {"type": "float"}}}, "json_schema: unsupported type 'float'"),
+        ({"checks": {"json_schema": {"required": "x"}}}, "json_schema.required must be a list"),
+    ],
+)
+def test_a_malformed_entry_is_one_line_naming_the_prompt_and_key(tmp_path, capsys, entry, says):
+    path = write(tmp_path, [{"name": "ok", "prompt": "y"}, {"name": "bad", "prompt": "z", **entry}])
+    assert main(["golden", path]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"mirai: {path}: entry 2 (bad): ")
+    assert says in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""  # validated before any prompt runs
 
 
 def test_record_then_replay_golden_prompts_without_network(tmp_path, monkeypatch, capsys):

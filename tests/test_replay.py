@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,17 +12,20 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from kernelutil import REPO, kernel_env
+from kernelutil import REPO, Kernel, kernel_env
 from nbclient import NotebookClient
 
-from mirai_magics.calllog import request_key
+from mirai_magics.calllog_rows import request_key
 from mirai_magics.client.errors import ConfigError, ReplayMissError
 from mirai_magics.config import parse_config
+from mirai_magics.memory.context import HEADER
 from mirai_magics.replay import Replay, chunks, replay_from_env
 from mirai_magics.server import OfflineServer
 from mirai_magics.session import Session, StreamRestart
+from mirai_magics.ui.cell import CellRequest
 
 KEY = "sk-test-replay-0123456789abcdef"
+PLACEHOLDER = "sk-your-key-goes-here"  # key-shaped: redacted in the call log and the cassette
 NOTEBOOK = REPO / "notebooks" / "replay.ipynb"
 CASSETTE = REPO / "notebooks" / "replay.cassette.sqlite"
 SANITIZE = REPO / "notebooks" / "nbval_sanitize.cfg"
@@ -75,6 +79,17 @@ def record(make, monkeypatch, cassette: Path, prompts: list[str]) -> list[str]:
     return texts
 
 
+def cells(session: Session, texts: list[str], memory: bool = False) -> list:
+    """Run prompts the way `%%mirai` cells do: prepared, sent, remembered as history."""
+    replies = []
+    for text in texts:
+        request = CellRequest(text, "main", "markdown", {}, memory=memory)
+        prepared = session.prepare(text, request)
+        replies.append(session.send_prepared(prepared))
+        session.remember(prepared, replies[-1])
+    return replies
+
+
 def test_request_key_is_stable_and_sees_every_part():
     params = {"model": "gpt-4o-mini", "temperature": 0.25, "max_tokens": 10}
     key = request_key(params, ask("hi"))
@@ -82,6 +97,11 @@ def test_request_key_is_stable_and_sees_every_part():
     assert key != request_key({**params, "temperature": 0.3}, ask("hi"))
     assert key != request_key({**params, "model": "gpt-4o"}, ask("hi"))
     assert key != request_key(params, ask("hi!"))
+    memory = {"role": "system", "content": f"{HEADER}\n\nIn [1] — similarity 0.91\n```\nx = 1\n```"}
+    assert key == request_key(params, [*ask("hi")[:1], memory, *ask("hi")[1:]])  # memory: out
+    secret = [{"role": "user", "content": f"the {PLACEHOLDER} and plain-db-secret"}]
+    redacted = [{"role": "user", "content": "the [REDACTED] and [REDACTED]"}]
+    assert request_key(params, secret, ["plain-db-secret"]) == request_key(params, redacted)
     assert all("".join(chunks(t)) == t for t in ("", "one", "a b c d e f g h", "x " * 50))
     assert len(chunks("word " * 40)) > 2
 
@@ -108,6 +128,44 @@ def test_record_then_replay_exactly_in_order_without_network(
     assert not any(isinstance(p, StreamRestart) for p in streamed)
     assert streamed[-1].record.replayed
     assert chat_requests(varying) == sent  # nothing went over the network
+
+
+def test_replaying_from_the_main_log_twice_gives_the_recorded_answers(sessions, tmp_path):
+    session = sessions()
+    recorded = [session.chat(ask("same")).text for _ in range(2)]
+    session.close()
+    main_log = tmp_path / "home" / "calls.sqlite"  # MIRAI_REPLAY may name the main call log
+    for _ in range(2):  # each replay run appends its replayed rows to that same log
+        session = sessions()
+        session.set_replay(Replay(main_log))
+        replayed = []
+        for _ in range(2):
+            replayed.append(session.chat(ask("same")).text)
+            session.flush_logs()  # the replayed row is in the log before the next lookup
+        assert replayed == recorded
+        session.close()
+    with sqlite3.connect(main_log) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM calls WHERE replayed = 1").fetchone()[0] == 4
+    conn.close()
+    assert Replay(main_log).count() == 2  # replayed rows are not recordings
+
+
+def test_a_redacted_answer_still_replays_the_cells_that_follow(sessions, monkeypatch, tmp_path):
+    cassette = tmp_path / "c.sqlite"
+    prompts = [f"What does {PLACEHOLDER} in our README mean?", "And where do I put it?"]
+    monkeypatch.setenv("MIRAI_RECORD", str(cassette))
+    session = sessions()
+    recorded = [r.text for r in cells(session, prompts)]
+    session.close()
+    monkeypatch.delenv("MIRAI_RECORD")
+    assert PLACEHOLDER in recorded[0]  # the server echoes it; the cassette holds [REDACTED]
+    assert PLACEHOLDER.encode() not in cassette.read_bytes()
+
+    session = sessions()
+    session.set_replay(Replay(cassette))  # strict: the follow-up carries the redacted answer
+    replayed = cells(session, prompts)
+    assert [r.text for r in replayed] == [t.replace(PLACEHOLDER, "[REDACTED]") for t in recorded]
+    assert all(r.record.replayed for r in replayed)
 
 
 def test_strict_miss_explains_and_fallthrough_goes_live(sessions, varying, monkeypatch, tmp_path):
@@ -153,6 +211,53 @@ def test_environment_switches(sessions, monkeypatch, tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(ConfigError, match="not a mirai call log"):
         Replay(tmp_path / "junk.sqlite").count()
+
+
+MEMORY_CELLS = [
+    "sales = [{'month': 'jan', 'amount': 3}, {'month': 'feb', 'amount': 5}]",
+    "monthly = {row['month']: row['amount'] for row in sales}",
+]
+MEMORY_PROMPT = "%%mirai\nPlot the monthly sales totals."
+FLUSH = "get_ipython().find_magic('mirai').__self__.session.flush_logs()"
+
+
+def run_memory_notebook(cwd: Path, env: dict[str, str], first: str) -> tuple[str, str]:
+    """(answer, badge) of a `%%mirai` cell with memory on, after two code cells."""
+    with Kernel(cwd, env) as kernel:
+        kernel.run("%load_ext mirai_magics")
+        kernel.run(first)
+        for cell in MEMORY_CELLS:
+            kernel.run(cell)
+        texts = kernel.run(MEMORY_PROMPT).data("text/plain")
+        kernel.run(FLUSH)  # the test shuts the kernel down hard: write the cassette first
+    badge = [t for t in texts if t.startswith("[mirai] ")]
+    assert len(texts) == 2 and len(badge) == 1, texts
+    return texts[0], badge[0]
+
+
+@pytest.mark.kernel
+def test_notebook_recorded_with_memory_on_replays_strictly_in_a_fresh_home(varying, tmp_path):
+    cassette = tmp_path / "memory.cassette.sqlite"
+    (tmp_path / "mirai.yaml").write_text("memory: {min_score: -1.0}\n")  # every cell is a hit
+    recording = kernel_env(
+        MIRAI_BASE_URL=varying.url,
+        OPENAI_API_KEY=KEY,
+        MIRAI_HOME=str(tmp_path / "recording-home"),
+        MIRAI_CONFIG=str(tmp_path / "mirai.yaml"),
+        MIRAI_RECORD=str(cassette),
+    )
+    answer, badge = run_memory_notebook(tmp_path, recording, "%env MIRAI_STREAM=0")
+    assert "memory: 2 cells" in badge and "replayed" not in badge
+    with sqlite3.connect(cassette) as conn:
+        (sent,) = conn.execute("SELECT messages FROM calls").fetchone()
+    conn.close()
+    assert sum(m["content"].startswith(HEADER) for m in json.loads(sent)) == 1
+
+    # CI: a fresh checkout, no key, no endpoint, an empty memory, strict replay.
+    fresh = kernel_env(MIRAI_HOME=str(tmp_path / "ci-home"))
+    replayed, badge = run_memory_notebook(tmp_path, fresh, f"%mirai replay {cassette}")
+    assert replayed == answer and "[variant " in answer
+    assert "replayed" in badge and "memory: off (replay)" in badge
 
 
 # --- the notebook ------------------------------------------------------------------------------

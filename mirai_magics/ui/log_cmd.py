@@ -85,25 +85,31 @@ def show_log(session: Any, rest: list[str]) -> None:
     elif not calls:
         show_note(f"no calls logged yet in {path}")
     else:
-        _show_calls(f"last {len(calls)} call(s) in {path}", [log_row(c) for c in calls])
+        show_grid(f"last {len(calls)} call(s) in {path}", _COLUMNS, [log_row(c) for c in calls])
 
 
-def _show_calls(title: str, rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
-    lines = [
+def text_grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A header and rows as left-aligned text columns (pure; `mirai golden` prints one too)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [_COLUMNS, *rows]
+        for r in [header, *rows]
     ]
-    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in _COLUMNS)
+
+
+def show_grid(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Display a titled table with a header row: HTML, and text/plain for nbval and consoles."""
+    cell = "<{0} style='text-align:left'>{1}</{0}>"
+    head = "".join(cell.format("th", html.escape(c)) for c in header)
     body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(cell.format("td", html.escape(c)) for c in r) + "</tr>" for r in rows
     )
     markup = (
-        f"<table class='mirai-log'><caption>{html.escape(title)}</caption>"
+        f"<table class='mirai-table'><caption>{html.escape(title)}</caption>"
         f"<tr>{head}</tr>{body}</table>"
     )
-    display({"text/html": markup, "text/plain": "\n".join([title, *lines])}, raw=True)
+    text = "\n".join([title, *text_grid(header, rows)])
+    display({"text/html": markup, "text/plain": text}, raw=True)
 
 
 def replay_command(session: Any, rest: list[str]) -> None:

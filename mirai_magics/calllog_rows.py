@@ -1,0 +1,130 @@
+"""Call log rows: canonical JSON, the request and prompt hashes, and one redacted row per call.
+
+The request hash is what replay looks a recording up by. It covers (model, messages,
+parameters) with two exceptions that keep a recorded notebook replayable:
+
+* the memory block is left out: it depends on what the memory index held at recording
+  time (and on the embedder), not on the notebook's cells, and replay does not search;
+* the messages are hashed *redacted*: a recorded answer is stored redacted, so when it
+  comes back as history in a replay run it must hash like the original did. Redaction
+  is idempotent, so ``redact(redact(m)) == redact(m)`` makes both sides meet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from .memory.context import HEADER as MEMORY_HEADER
+from .redact import redact
+
+
+def canonical(value: Any) -> str:
+    """Stable JSON text: sorted keys, no spaces, non-ASCII kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def redacted(value: Any, secrets: Sequence[str] = ()) -> Any:
+    """``value`` with every string in it (nested in dicts and lists too) redacted."""
+    if isinstance(value, str):
+        return redact(value, list(secrets))
+    if isinstance(value, dict):
+        return {key: redacted(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item, secrets) for item in value]
+    return value
+
+
+def is_memory_message(message: dict[str, Any]) -> bool:
+    """True for the system message holding the notebook memory block (see prompt.py)."""
+    content = message.get("content")
+    return (
+        message.get("role") == "system"
+        and isinstance(content, str)
+        and content.startswith(MEMORY_HEADER)
+    )
+
+
+def request_key(
+    params: dict[str, Any], messages: list[dict[str, Any]], secrets: Sequence[str] = ()
+) -> str:
+    """SHA-256 of (model, redacted messages without the memory block, parameters)."""
+    kept = [redacted(m, secrets) for m in messages if not is_memory_message(m)]
+    body = {"model": params.get("model"), "messages": kept, "params": params}
+    return hashlib.sha256(canonical(body).encode()).hexdigest()
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else canonical(content)
+    return ""
+
+
+def prompt_key(messages: list[dict[str, Any]], secrets: Sequence[str] = ()) -> str:
+    """SHA-256 of the last user message alone, redacted (to explain a replay miss)."""
+    return hashlib.sha256(redact(last_user_text(messages), list(secrets)).encode()).hexdigest()
+
+
+def text_key(text: Any) -> str:
+    return hashlib.sha256(str(text).encode()).hexdigest()
+
+
+def current_cell() -> str | None:
+    """The running notebook cell as ``[n]`` (IPython's execution count), if any."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    inputs = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
+    # In[] already holds the running cell; execution_count is bumped before or after the
+    # cell runs depending on the IPython version, so it is not used.
+    return f"[{len(inputs) - 1}]" if isinstance(inputs, list) and len(inputs) > 1 else None
+
+
+def new_session_id() -> str:
+    return f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
+
+
+def row_values(
+    record: Any,
+    messages: list[dict[str, Any]] | None,
+    text: str | None,
+    secrets: Sequence[str] = (),
+    **ids: Any,
+) -> dict[str, Any]:
+    """One call log row from a CallRecord, its messages and answer, every string redacted."""
+    messages = redacted(messages, secrets) if messages is not None else None
+    row = {
+        "id": record.id,
+        "time": record.started_at,
+        "kind": record.kind,
+        "profile": record.profile,
+        "requested_profile": record.requested_profile,
+        "model": record.model,
+        "request_hash": request_key(record.params, messages) if messages else None,
+        "prompt_hash": prompt_key(messages) if messages else None,
+        "params": canonical(record.params),
+        "messages": canonical(messages) if messages is not None else None,
+        "response": text,
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "latency_ms": round(record.latency_ms, 3),
+        "attempts": record.attempts,
+        "retry_reasons": canonical(record.retry_reasons),
+        "degraded_from": record.degraded_from,
+        "degraded_reason": record.degraded_reason,
+        "finish_reason": record.finish_reason,
+        "offline": int(record.offline),
+        "streamed": int(record.streamed),
+        "replayed": int(record.replayed),
+        "error": record.error,
+        "error_code": record.error_code,
+        "user": record.user,
+        **ids,
+    }
+    return {name: redacted(value, secrets) for name, value in row.items()}
