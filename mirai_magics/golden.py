@@ -141,7 +141,7 @@ def run_golden(session: Any, golden: Golden) -> Outcome:
 
 def format_table(outcomes: list[Outcome]) -> str:
     """The pass/fail table (pure)."""
-    from .ui.log_cmd import text_grid
+    from .ui.status import text_grid
 
     header = ("#", "name", "profile", "format", "result", "tokens", "ms", "detail")
     rows = [

@@ -24,7 +24,11 @@ def execute(path: str) -> None:
     nb = nbformat.read(path, as_version=4)
     folder = os.path.dirname(os.path.abspath(path))
     client = NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": folder}}
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        record_timing=False,  # no timestamps in the committed notebook
+        resources={"metadata": {"path": folder}},
     )
     with client.setup_kernel():
         count = 0

@@ -278,9 +278,9 @@ def test_forget_one_cell_and_everything(make_session, home):
     session = make_session(remote=False)
     index_cells(session)
     memory = session.memory
-    assert memory.forget("3") == 1
+    assert memory.forget("3") == "forgot 1 entry"
     assert "In[3]" not in labels(memory.search("fibonacci function", 5))
-    assert memory.forget("all") == len(CELLS) - 1
+    assert memory.forget("all") == f"forgot {len(CELLS) - 1} entries"
     assert memory.search("fibonacci", 5) == []
     session.close()
     db = sqlite3.connect(home / "memory.sqlite")
@@ -302,14 +302,22 @@ def test_embedding_failure_leaves_entries_pending_then_retries(make_session, ser
     assert labels(session.memory.search("fibonacci function", 1)) == ["In[3]"]
 
 
-def test_exact_index_grows_into_hnsw(make_session, home):
+def test_exact_index_grows_into_hnsw_built_off_the_indexing_round(make_session, home):
     session = make_session(remote=False, exact_search_below=20)
+    builds: list = []
+    session.memory.graph.spawn = builds.append  # run the graph job when the test says so
     cells = [(f"value_{i} = compute_metric_{i}(data)", "") for i in range(30)]
-    index_cells(session, cells)
+    index_cells(session, cells)  # flush() returned although the graph is not built yet
     state = session.memory.state()
-    assert state.index.backend.kind == "hnsw" and len(state.index) == 30
+    assert state.index.backend.kind == "exact" and len(builds) == 1
+    assert labels(session.memory.search("compute_metric_17", 1)) == ["In[18]"]  # exact meanwhile
+    index_cells(session, [("late_value = compute_late(data)", "")], start=31)
+    assert len(builds) == 1  # one build at a time
+    builds[0]()
+    assert state.index.backend.kind == "hnsw" and len(state.index) == 31
     assert (home / "memory.usearch").exists()
     assert labels(session.memory.search("compute_metric_17", 1)) == ["In[18]"]
+    assert labels(session.memory.search("compute_late", 1)) == ["In[31]"]
 
 
 def test_learn_indexes_files_and_relearns_only_changed_ones(make_session, server, tmp_path):
@@ -358,3 +366,18 @@ def test_learn_indexes_files_and_relearns_only_changed_ones(make_session, server
     assert embedded(server) == before + 1  # only the changed file, and only once
     assert "rose in April" in session.memory.search("churn april", 1)[0].body
     assert all("fell in March" not in h.body for h in session.memory.search("churn march", 9))
+
+
+def test_learn_skips_malformed_notebooks_and_learns_the_rest(make_session, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "empty.ipynb").write_text("[]")
+    (docs / "odd.ipynb").write_text(json.dumps({"cells": [1, "two"]}))
+    (docs / "deploy.md").write_text("# Deploy\nRun the deploy script with --region osaka.\n")
+    session = make_session(remote=False)
+    report = session.memory.learn("docs", lambda done, total: None)
+    assert (report.files, report.changed, report.failed) == (3, 1, 2)
+    summary = report.summary()
+    assert "skipped docs/empty.ipynb (not a Jupyter notebook" in summary
+    assert "docs/odd.ipynb" in summary
+    assert session.memory.search("deploy region osaka", 1)[0].label == "docs/deploy.md:1"

@@ -228,3 +228,30 @@ def test_sigkill_mid_indexing_leaves_a_memory_that_loads(tmp_path):
         assert after["index"].startswith(f"HNSW (usearch), {before:,} vectors"), after["index"]
         found = again.run('%mirai memory search "bulk_value_1042 = compute(1042)" -k 1').text
         assert "bulk_value_1042 = compute(1042)" in found  # HNSW, cache loaded + caught up
+
+
+def test_corrupt_database_is_one_line_and_forget_all_starts_over(tmp_path):
+    home = tmp_path / ".mirai"
+    home.mkdir()
+    junk = b"not a database, just bytes " * 300
+    (home / "memory.sqlite").write_bytes(junk)
+    (tmp_path / "notes.md").write_text("# Notes\nDeploy with make deploy.\n")
+    with Kernel(tmp_path, offline_env(tmp_path)) as k:
+        k.run("%load_ext mirai_magics")
+        for command in ("stats", 'search "deploy"', "learn notes.md", "rebuild"):
+            out = k.run(f"%mirai memory {command}")
+            assert not out.of_type("error") and "Traceback" not in out.text, command
+            line = out.text.strip()
+            assert line.count("\n") == 0 and "memory.sqlite is unreadable" in line, command
+            assert "run `%mirai memory forget all`" in line, command
+        reply = k.run("%%mirai --no-history\nHow do we deploy?")
+        badge = [t for t in reply.data("text/plain") if t.startswith("[mirai] ")][-1]
+        assert "memory unavailable: .mirai/memory.sqlite is unreadable" in badge
+        assert "Offline answer" in reply.text
+        note = k.run("%mirai memory forget all").text
+        assert "memory.sqlite was unreadable: moved to memory.sqlite.corrupt-" in note
+        assert "last error" not in stats(k)
+        k.run("deploy_target = 'osaka'")
+        assert "deploy_target" in k.run('%mirai memory search "deploy target" -k 1').text
+    (moved,) = home.glob("memory.sqlite.corrupt-*")
+    assert moved.read_bytes() == junk  # the user's file is kept, never deleted

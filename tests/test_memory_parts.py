@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -15,15 +17,18 @@ from mirai_magics.memory.documents import (
     KEY_MASK,
     CellEvent,
     cell_doc,
+    error_line,
     key_for,
     output_text,
     skip_reason,
 )
 from mirai_magics.memory.embedders import LocalEmbedder, hash_embed
 from mirai_magics.memory.index import FlatIndex, HnswIndex
+from mirai_magics.memory.indexer import EMBED_MAX_TOKENS, cut_to_tokens
 from mirai_magics.memory.learn import find_files
 from mirai_magics.tokens import count_text
-from mirai_magics.ui.memory_cmd import bar_text, hit_rows
+from mirai_magics.ui.magics import MiraiMagics
+from mirai_magics.ui.memory_cmd import bar_text, cell_finished, hit_rows
 
 
 @pytest.mark.parametrize(
@@ -67,7 +72,7 @@ def test_cell_doc_redacts_secrets_in_source_and_output():
 
 
 def test_output_text_keeps_errors_and_caps_length():
-    assert output_text(CellEvent("x", error=KeyError("k")), 100) == "KeyError: 'k'"
+    assert output_text(CellEvent("x", error=error_line(KeyError("k"))), 100) == "KeyError: 'k'"
     long = output_text(CellEvent("x", output="y" * 1000), 50)
     assert len(long) == 50 and long.endswith("…")
     same = output_text(CellEvent("x", output="<Thing at 0x7f3a2b>"), 100)
@@ -104,6 +109,23 @@ def test_file_docs_for_each_kind():
     (doc,) = file_docs("/d/n.ipynb", "n.ipynb", nb, [])
     assert doc.body == "# Load\nrows = load()" and doc.label == "n.ipynb [cell 2]"
     assert file_docs("/d/t.txt", "t.txt", "private  # mirai: no-index", []) == []
+
+
+def test_malformed_notebooks_are_a_value_error():
+    for text in ["[]", '{"cells": [1, "x"]}', '{"cells": {"a": 1}}', "not json"]:
+        with pytest.raises(ValueError):
+            file_docs("/d/bad.ipynb", "bad.ipynb", text, [])
+    odd = json.dumps({"cells": [{"cell_type": "code", "source": ["x = ", 1]}]})
+    assert file_docs("/d/odd.ipynb", "odd.ipynb", odd, [])[0].body == "x = 1"
+
+
+@pytest.mark.parametrize("unit", ["東京", "word ", "é", "0x5f3759df "])
+def test_embedding_inputs_are_cut_by_tokens(unit):
+    long = unit * 20_000
+    cut = cut_to_tokens(long)
+    assert long.startswith(cut) and count_text(cut)[0] <= EMBED_MAX_TOKENS
+    assert count_text(cut)[0] > EMBED_MAX_TOKENS * 0.8  # not cut much further than needed
+    assert cut_to_tokens("df = load()") == "df = load()"
 
 
 def test_local_embedder_is_deterministic_across_processes():
@@ -180,3 +202,33 @@ def test_find_files_skips_hidden_and_unsupported(tmp_path):
     assert [p.name for p in find_files(str(tmp_path / "**" / "*.md"))] == ["d.md"]
     with pytest.raises(Exception, match=r"no \.py/\.md/\.txt/\.ipynb files match"):
         find_files(str(tmp_path / "nothing*"))
+
+
+class _Big:
+    """Stands for a large DataFrame local to a failing function."""
+
+
+def _failing_work(refs: list[weakref.ref]) -> None:
+    big = _Big()
+    refs.append(weakref.ref(big))
+    raise ValueError("boom")
+
+
+def test_backlog_keeps_error_text_not_the_exception_and_its_frames(tmp_path):
+    from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult, InteractiveShell
+
+    magics = MiraiMagics(InteractiveShell.instance())  # no session yet: cells wait in a backlog
+    refs: list[weakref.ref] = []
+    for count in range(3):
+        result = ExecutionResult(ExecutionInfo("work()", True, False, True, f"c{count}"))
+        result.execution_count = count + 1
+        try:
+            _failing_work(refs)
+        except ValueError as exc:
+            result.error_in_exec = exc
+        cell_finished(magics, result)
+        del result
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]  # the frames (and `big`) are gone
+    backlog = magics.__dict__["_memory_backlog"]
+    assert [e.error for e in backlog] == ["ValueError: boom"] * 3

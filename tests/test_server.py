@@ -652,3 +652,15 @@ def test_conftest_fixture(offline_server):
     with make_client(offline_server) as c:
         assert chat(c).choices[0].message.content
     assert offline_server.stats["requests"] == 1
+
+
+def test_embedding_quirks_of_real_providers(offline_server):
+    client = openai.OpenAI(base_url=offline_server.url, api_key="sk-test-server", max_retries=0)
+    offline_server.set_faults(embed_max_chars=10, embed_refuse="BAD")
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.embeddings.create(model="text-embedding-3-small", input=["ok", "x" * 11])
+    with pytest.raises(openai.BadRequestError, match="refused"):
+        client.embeddings.create(model="text-embedding-3-small", input=["BAD"])
+    offline_server.set_faults(embed_max_chars=None, embed_refuse=None, embed_dims=8)
+    reply = client.embeddings.create(model="text-embedding-3-small", input="hi", dimensions=64)
+    assert len(reply.data[0].embedding) == 8  # the width asked for is ignored

@@ -90,6 +90,17 @@ class ReplayMissError(MiraiError):
     hint = "record it again (MIRAI_RECORD=path) or set MIRAI_REPLAY_MODE=fallthrough"
 
 
+class MemoryCorruptError(MiraiError):
+    """The notebook memory's SQLite file cannot be read (corrupt or not a database)."""
+
+    code = "memory_corrupt"
+    hint = "move it away or run `%mirai memory forget all` (which keeps a copy)"
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class UsageError(MiraiError):
     """The magic was called with arguments it does not understand."""
 

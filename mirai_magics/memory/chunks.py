@@ -73,12 +73,18 @@ def _cut(piece: Piece, limit: int) -> list[Piece]:
 
 
 def notebook_pieces(text: str) -> list[Piece]:
-    """Code cells of an .ipynb, each led by the last Markdown heading seen (as a comment)."""
-    cells = json.loads(text).get("cells", [])
+    """Code cells of an .ipynb, each led by the last Markdown heading seen (as a comment).
+
+    Raises ValueError for JSON that is not a notebook (the file is skipped with a note).
+    """
+    data = json.loads(text)
+    cells = data.get("cells", []) if isinstance(data, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ValueError("not a Jupyter notebook (no list of cell objects)")
     pieces, heading = [], ""
     for number, cell in enumerate(cells, start=1):
         source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
+        source = "".join(map(str, source)) if isinstance(source, list) else str(source)
         if cell.get("cell_type") == "markdown":
             heading = next((ln for ln in source.splitlines() if ln.strip()), heading)
         elif cell.get("cell_type") == "code" and source.strip() and not NO_INDEX.search(source):

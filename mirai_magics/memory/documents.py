@@ -30,7 +30,7 @@ class CellEvent:
     cell_id: str | None = None
     count: int | None = None
     output: str = ""
-    error: BaseException | str | None = None
+    error: str | None = None  # "ValueError: bad input" (never the exception: it holds frames)
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,40 @@ def cell_doc(event: CellEvent, max_output_chars: int, secrets: list[str]) -> Doc
     )
 
 
+def cell_changes(
+    events: list[CellEvent], max_output_chars: int, secrets: list[str]
+) -> tuple[dict[str, Doc], set[str]]:
+    """The documents to store and the sources to forget, the events applied in order.
+
+    A cell re-run with `# mirai: no-index` forgets it, also when both runs land in one batch;
+    a later run without the marker brings it back.
+    """
+    docs: dict[str, Doc] = {}
+    drops: set[str] = set()
+    for event in events:
+        doc = cell_doc(event, max_output_chars, secrets)
+        if doc is not None:
+            drops.discard(doc.source_id)
+            docs[doc.source_id] = doc
+        elif event.cell_id:  # a cell that opted out (or became a prompt) is forgotten
+            dropped = source_id("", event.cell_id)
+            docs.pop(dropped, None)
+            drops.add(dropped)
+    return docs, drops
+
+
+def error_line(error: BaseException) -> str:
+    """How a cell's exception is remembered: one line, no traceback, no frames kept alive."""
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not break the hook
+        text = "(unprintable)"
+    return f"{type(error).__name__}: {text}"
+
+
 def output_text(event: CellEvent, max_chars: int) -> str:
     """The short text kept with a cell: its error line, else its result's repr, capped."""
-    if event.error is not None:
-        error = event.error
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    else:
-        text = event.output or ""
+    text = event.error if event.error is not None else (event.output or "")
     text = _HEX_ADDRESS.sub("", text.strip())  # ids change run to run; keep the SHA stable
     if len(text) > max_chars:
         text = text[: max(max_chars - 1, 0)] + "…"

@@ -119,10 +119,25 @@ class OpenAIEmbedder:
 
     async def embed_async(self, client: Any, texts: list[str], background: bool) -> np.ndarray:
         vectors, _record = await client.embed(texts, self.profile, background=background)
-        return normalise(np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1))
+        return normalise(checked_matrix(vectors, len(texts), self.dims, self.model))
 
     def __repr__(self) -> str:
         return f"<OpenAIEmbedder {self.name}>"
+
+
+def checked_matrix(vectors: Any, count: int, dims: int, model: str) -> np.ndarray:
+    """The endpoint's vectors as a (count, dims) matrix; another width is a config error
+    (an endpoint that ignores ``dimensions`` must not fill the cache with the wrong size)."""
+    widths = sorted({len(v) for v in vectors})
+    if widths and widths != [dims]:
+        from ..client.errors import ConfigError
+
+        raise ConfigError(
+            f"{model} returned {'/'.join(map(str, widths))}-dimensional vectors, {dims} expected",
+            hint=f"set profiles.embed.dimensions: {widths[-1]}, then `%mirai reload` and "
+            "`%mirai memory rebuild`",
+        )
+    return np.asarray(vectors, dtype=np.float32).reshape(count, dims)
 
 
 def normalise(matrix: np.ndarray) -> np.ndarray:

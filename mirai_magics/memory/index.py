@@ -7,8 +7,9 @@ is a usearch ``Index`` (cosine, dtype passed explicitly, never a view) saved to
 ``memory.usearch`` with a JSON sidecar; SQLite stays the source of truth either way.
 
 usearch facts honoured here: adding an existing key raises (so remove first), a batch add
-is not atomic (keys are removed before the add, and a failed add drops the index to be
-rebuilt), key 2^64 − 1 is reserved (keys are 63-bit).
+is not atomic (``upsert`` removes the keys it re-adds first; when the add fails, the caller's
+``sync()`` has not moved past that batch and applies it again from SQLite next time), key
+2^64 − 1 is reserved (keys are 63-bit).
 """
 
 from __future__ import annotations
@@ -91,12 +92,6 @@ class FlatIndex:
         top = top[np.argsort(-scores[top], kind="stable")]
         return self._keys[top].tolist(), scores[top].tolist()
 
-    def keys(self) -> np.ndarray:
-        return self._keys[: self._n].copy()
-
-    def vectors(self) -> np.ndarray:
-        return self._vecs[: self._n]
-
     @property
     def nbytes(self) -> int:
         return int(self._keys.nbytes + self._vecs.nbytes)
@@ -119,7 +114,7 @@ class HnswIndex:
         present = np.asarray(self._index.contains(keys), dtype=bool).reshape(-1)
         if present.any():
             self._index.remove(keys[present])
-        self._index.add(keys, vectors.astype(np.float32), threads=0)
+        self._index.add(keys, vectors.astype(np.float32, copy=False), threads=0)
 
     def remove(self, keys: list[int]) -> None:
         if keys:

@@ -5,6 +5,10 @@ the worker is idle, one ``call_soon_threadsafe``. The worker runs on the session
 loop; SQLite and index work go to one "mirai-memory" thread (so the loop keeps streaming
 chat answers), OpenAI embeddings are awaited on the loop with ``background=True`` (the
 quota policy's background cap applies), local embeddings are computed on the memory thread.
+
+Each embedded sub-batch is committed as it arrives. A request the endpoint refuses as
+invalid (HTTP 400/413/422) is split in halves down to the text it refuses; that text is
+tried again shortened, else recorded as failed (not sent again), and the others are embedded.
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..client.errors import ClientRequestError
+from ..tokens import count_text
 from .documents import Doc
 
 BATCH = 256  # items taken from the queue per round
 REMOTE_BATCH = 64  # texts per embeddings request
-EMBED_MAX_CHARS = 8000  # an embedding input stays far below the 8k-token input limit
+# text-embedding-3 takes 8,191 tokens per input; our count may be an estimate (or another
+# encoding than the model's), so inputs are cut at half of that
+EMBED_MAX_TOKENS = 4000
+SPLIT_STATUSES = (400, 413, 422)  # refused as invalid: some text in the request may be why
+HALVE_MIN_CHARS = 500  # a refused text at least this long is tried again cut to half
 
 
 @dataclass
@@ -65,6 +75,7 @@ class Indexer:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        self.suspects: set[str] = set()  # SHAs refused in a round where nothing was accepted
 
     def put(self, item: Any) -> None:
         """Enqueue a CellEvent, FileJob or BACKFILL (cheap; safe from any thread)."""
@@ -123,12 +134,15 @@ class Indexer:
             raise
 
     async def _round(self, batch: list[Any]) -> None:
+        from . import rounds
+
         loop = asyncio.get_running_loop()
         memory = self.memory
         try:
-            plan: Plan = await loop.run_in_executor(self.pool, memory.plan, batch)
-            vectors = await self._embed(loop, plan) if plan.misses else None
-            await loop.run_in_executor(self.pool, memory.commit, plan, vectors)
+            plan: Plan = await loop.run_in_executor(self.pool, rounds.plan, memory, batch)
+            if plan.misses:
+                await self._embed(loop, plan)
+            await loop.run_in_executor(self.pool, rounds.commit, memory, plan)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a background worker must survive anything; shown in stats
@@ -137,27 +151,72 @@ class Indexer:
                 if isinstance(job, FileJob):
                     job.done(False)
 
-    async def _embed(self, loop: asyncio.AbstractEventLoop, plan: Plan) -> Any:
-        embedder = self.memory.state().embedder
-        texts = [text[:EMBED_MAX_CHARS] for text in plan.misses.values()]
-        try:
-            if not embedder.remote:
-                return await loop.run_in_executor(self.pool, embedder.embed, texts)
-            import numpy as np
+    async def _embed(self, loop: asyncio.AbstractEventLoop, plan: Plan) -> None:
+        """Embed the plan's texts (suspects of earlier refusals last), committing as we go."""
+        from . import rounds
 
-            # the client is built off the loop (building it runs on the engine loop)
-            client = await loop.run_in_executor(self.pool, lambda: self.memory.session.client)
-            parts = [
-                await embedder.embed_async(client, texts[i : i + REMOTE_BATCH], True)
-                for i in range(0, len(texts), REMOTE_BATCH)
-            ]
-            return np.concatenate(parts)
+        embedder = self.memory.state().embedder
+        items = sorted(plan.misses.items(), key=lambda item: item[0] in self.suspects)
+        try:
+            if embedder.remote:
+                await self._embed_remote(loop, embedder, items)
+                return
+            vectors = await loop.run_in_executor(
+                self.pool, embedder.embed, [cut_to_tokens(text) for _, text in items]
+            )
+            shas = [sha for sha, _ in items]
+            await loop.run_in_executor(self.pool, rounds.store_vectors, self.memory, shas, vectors)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # entries stay pending; the next start or rebuild retries
+        except Exception as exc:  # entries stay pending; the next round or start retries
             self.memory.note_error(exc)
             plan.ok = False
-            return None
+
+    async def _embed_remote(
+        self, loop: asyncio.AbstractEventLoop, embedder: Any, items: list[tuple[str, str]]
+    ) -> None:
+        """Sub-batches of REMOTE_BATCH texts; a refused one is halved until the text is found.
+
+        That text is tried again cut to half (an input over the model's token limit is the
+        usual reason), and below HALVE_MIN_CHARS recorded as refused, but only when some
+        other text was accepted in this round: when everything is refused, the request
+        itself is wrong (say, the model or its ``dimensions``) and every text stays pending.
+        """
+        from . import rounds
+
+        client = await loop.run_in_executor(self.pool, lambda: self.memory.session.client)
+        items = [(sha, cut_to_tokens(text)) for sha, text in items]
+        todo = [items[i : i + REMOTE_BATCH] for i in range(0, len(items), REMOTE_BATCH)]
+        refused: dict[str, str] = {}
+        accepted, last = False, None
+        while todo:
+            part = todo.pop(0)
+            try:
+                vectors = await embedder.embed_async(client, [text for _, text in part], True)
+            except ClientRequestError as exc:
+                if exc.status not in SPLIT_STATUSES:
+                    raise
+                if len(part) > 1:
+                    todo[:0] = [part[: len(part) // 2], part[len(part) // 2 :]]
+                    continue
+                sha, text = part[0]
+                if len(text) >= HALVE_MIN_CHARS:
+                    todo.insert(0, [(sha, text[: len(text) // 2])])
+                    continue
+                refused[sha], last = str(exc), exc
+                if not accepted and len(refused) >= 2:
+                    self.suspects.update(refused)
+                    raise
+                continue
+            accepted = True
+            shas = [sha for sha, _ in part]
+            await loop.run_in_executor(self.pool, rounds.store_vectors, self.memory, shas, vectors)
+        if last is not None and not accepted:
+            self.suspects.update(refused)
+            raise last
+        if refused:
+            await loop.run_in_executor(self.pool, rounds.store_refusals, self.memory, refused)
+            self.suspects.difference_update(refused)
 
     def stop(self, timeout: float = 5.0) -> list[Any]:
         """Stop taking work, wait for the round in progress; returns what was still queued."""
@@ -166,3 +225,16 @@ class Indexer:
         left = self.take_all()
         self.flush(timeout)
         return left
+
+
+def cut_to_tokens(text: str, max_tokens: int = EMBED_MAX_TOKENS) -> str:
+    """``text`` cut to at most ``max_tokens`` tokens (an embedding input has a token limit)."""
+    if len(text) * 4 <= max_tokens:  # a token is at least one UTF-8 byte, a char at most four
+        return text
+    tokens = count_text(text)[0]
+    if tokens <= max_tokens:
+        return text
+    chars = len(text) * max_tokens // tokens
+    while chars > 0 and count_text(text[:chars])[0] > max_tokens:
+        chars = int(chars * 0.9)
+    return text[:chars]

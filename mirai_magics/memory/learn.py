@@ -6,7 +6,7 @@ import glob
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class LearnReport:
     unchanged: int = 0
     chunks: int = 0
     failed: int = 0
+    skipped: list[str] = field(default_factory=list)  # "bad.ipynb (why)": files not read
 
     def summary(self) -> str:
         text = (
@@ -34,8 +35,12 @@ class LearnReport:
             f"({self.chunks} chunk{'s' if self.chunks != 1 else ''}), "
             f"{self.unchanged} unchanged"
         )
-        if self.failed:
-            text += f", {self.failed} failed (see `%mirai memory stats`)"
+        indexed = self.failed - len(self.skipped)
+        if self.skipped:
+            text += f"; skipped {', '.join(self.skipped[:3])}"
+            text += f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        if indexed:
+            text += f"; {indexed} not indexed (see `%mirai memory stats`)"
         return text
 
 
@@ -103,8 +108,8 @@ def learn_files(memory: Any, pattern: str, progress: Callable[[int, int], None])
                 report.unchanged += 1
                 continue
             docs = file_docs(str(path), label_for(path), text, secrets)
-        except (OSError, ValueError) as exc:  # unreadable file or broken .ipynb JSON
-            memory.note_error(exc)
+        except (OSError, ValueError) as exc:  # unreadable file, or JSON that is no notebook
+            report.skipped.append(f"{label_for(path)} ({_reason(exc)})")
             report.failed += 1
             continue
         report.changed += 1
@@ -115,6 +120,11 @@ def learn_files(memory: Any, pattern: str, progress: Callable[[int, int], None])
     report.failed += finished.failed
     progress(len(files), len(files))
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split())[:80]
 
 
 def _wait(memory: Any, finished: _Finished, queued: int, show: Any, already: int) -> None:

@@ -3,6 +3,7 @@
 Cheap to create (nothing is opened until the first cell is indexed or a search runs).
 Files live in ``home_dir(config)``: ``memory.sqlite`` (the truth) and, above the exact
 search threshold, ``memory.usearch`` + ``memory.usearch.json`` (a rebuildable cache).
+Administration (forget, rebuild, stats) is in ``admin.py``, learning files in ``learn.py``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..client.errors import MiraiError, UsageError
+from ..client.errors import MiraiError
 from ..redact import redact
-from .documents import CellEvent, Doc, cell_doc, embed_text, source_id
-from .indexer import BACKFILL, Backfill, FileJob, Indexer, Plan
+from .documents import CellEvent, error_line, source_id
+from .indexer import BACKFILL, Backfill, Indexer
 
 WAIT_BEFORE_SEARCH_S = 5.0  # a %%mirai cell waits this long for cells still being indexed
 _QUERY_CACHE = 128
-BACKFILL_BATCH = 2048
 
 
 @dataclass
@@ -41,6 +41,8 @@ class NotebookMemory:
     """Indexes executed cells in the background and finds the ones relevant to a prompt."""
 
     def __init__(self, session: Any):
+        from .synced import GraphBuilder
+
         self.session = session
         self.run = uuid.uuid4().hex[:12]  # this kernel's run: `forget N` means its In[N]
         self.current_cell: tuple[str | None, str] | None = None  # set by pre_run_cell
@@ -48,6 +50,7 @@ class NotebookMemory:
         self.last_error: str | None = None
         self.retry_pending = False  # after a failed embedding round, the next round retries
         self.indexer = Indexer(self)
+        self.graph = GraphBuilder(self.note_error)  # the HNSW graph, built off the indexer
         self._state: MemoryState | None = None
         self._open_lock = threading.Lock()
         self._queries: OrderedDict[str, Any] = OrderedDict()
@@ -69,15 +72,14 @@ class NotebookMemory:
         error: BaseException | str | None = None,
     ) -> None:
         """Queue an executed cell for indexing; returns at once (embedding runs later)."""
+        if isinstance(error, BaseException):
+            error = error_line(error)
         if self.settings.enabled:
             self.indexer.put(CellEvent(source, cell_id, count, output, error))
 
-    def add(self, event: CellEvent) -> None:
-        if self.settings.enabled:
-            self.indexer.put(event)
-
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait for queued cells to be stored, embedded and searchable."""
+        """Wait for queued cells to be stored, embedded and searchable (not for a graph
+        build, which runs on its own: ``graph.wait()``)."""
         return self.indexer.flush(timeout)
 
     # --- opening ------------------------------------------------------------------------
@@ -97,67 +99,32 @@ class NotebookMemory:
 
         config = self.session.config
         home = home_dir(config)
-        store = Store(home / "memory.sqlite")
         embedder = choose_embedder(config, self.session.offline)
-        path = home / "memory.usearch"
-        index = SyncedIndex(
-            store, embedder.name, embedder.dims, path, config.memory.exact_search_below
-        )
-        index.open()
-        if index.needs_hnsw or store.missing(embedder.name, 1):
-            self.indexer.put(BACKFILL)  # a round that embeds what is missing, builds HNSW
+        store = Store(home / "memory.sqlite")
+        try:
+            path = home / "memory.usearch"
+            index = SyncedIndex(
+                store, embedder.name, embedder.dims, path, config.memory.exact_search_below
+            )
+            index.open()
+            if store.vectors.missing(embedder.name, 1):
+                self.indexer.put(BACKFILL)  # a round that embeds what is missing
+        except BaseException:
+            store.close()
+            raise
+        self.graph.start(index)  # no-op unless the exact index is past the threshold
         atexit.register(self._save_at_exit)  # a clean kernel exit keeps the usearch cache current
         return MemoryState(home, store, embedder, index)
 
-    # --- the worker's steps (memory thread) ---------------------------------------------
-
-    def plan(self, batch: list[Any]) -> Plan:
-        """Store the batch's entries; find which texts have no cached vector yet."""
-        st = self.state()
-        secrets = self._secrets()
-        docs: dict[str, Doc] = {}
-        drops: list[str] = []
-        plan = Plan()
-        for item in batch:
-            if isinstance(item, CellEvent):
-                doc = cell_doc(item, self.settings.max_output_chars, secrets)
-                if doc is not None:
-                    docs[doc.source_id] = doc
-                elif item.cell_id:  # a cell that opted out (or became a prompt) is forgotten
-                    drops.append(source_id("", item.cell_id))
-            elif isinstance(item, FileJob):
-                plan.jobs.append(item)
-        st.store.upsert(list(docs.values()), self.run, drops)
-        for job in plan.jobs:
-            st.store.replace_file(job.path, job.sha, job.docs, self.run)
-        wanted = {d.sha: d.text for d in docs.values()}
-        wanted.update({d.sha: d.text for job in plan.jobs for d in job.docs})
-        cached = st.store.cached(list(wanted), st.embedder.name)
-        self.hits += len(cached)
-        plan.misses = {sha: text for sha, text in wanted.items() if sha not in cached}
-        self.misses += len(plan.misses)
-        if self.retry_pending or any(isinstance(item, Backfill) for item in batch):
-            self.retry_pending = False
-            missing = st.store.missing(st.embedder.name, BACKFILL_BATCH)
-            plan.more = len(missing) == BACKFILL_BATCH
-            for sha, body, output in missing:
-                plan.misses.setdefault(sha, embed_text(body, output))
-        return plan
-
-    def commit(self, plan: Plan, vectors: Any) -> None:
-        """Cache the new vectors, bring the index up to date, report finished files."""
-        st = self.state()
-        if vectors is not None and len(plan.misses):
-            blobs = [v.astype("float32").tobytes() for v in vectors]
-            st.store.put_vectors(list(plan.misses), blobs, st.embedder.name)
-            self.last_error = None
-        st.index.sync()
-        st.index.convert()  # no-op unless the exact index has grown past the threshold
-        st.index.maybe_save()
-        for job in plan.jobs:
-            job.done(plan.ok)
-        if plan.more and plan.ok:
-            self.indexer.put(BACKFILL)  # a large backlog is embedded round by round
+    def discard_state(self) -> MemoryState | None:
+        """Close the open store and index (the next ``state()`` opens them again)."""
+        with self._open_lock:
+            old, self._state = self._state, None
+        if old is not None:
+            old.index.close()
+            old.store.close()
+        self._queries.clear()
+        return old
 
     def note_error(self, exc: BaseException) -> None:
         self.retry_pending = True
@@ -244,38 +211,18 @@ class NotebookMemory:
         body = redact(raw.strip("\n"), self._secrets())
         return {source_id(body, cell_id), source_id(body, None)}
 
-    # --- administration ----------------------------------------------------------------
+    # --- administration (admin.py, learn.py) ---------------------------------------------
 
-    def forget(self, target: str) -> int:
-        """Forget ``all`` or the cells run as In[N] (this kernel's, else any earlier run's)."""
-        st = self.state()
-        self.flush(WAIT_BEFORE_SEARCH_S)
-        if target == "all":
-            n = st.store.clear()
-            st.index.drop_cache()
-            st.index.rebuild("cleared by `%mirai memory forget all`")
-            return n
-        if not target.isdigit():
-            raise UsageError(f"forget what? got {target!r}", hint="use `forget N` or `forget all`")
-        keys = st.store.keys_for("kind = 'cell' AND count = ? AND run = ?", (int(target), self.run))
-        keys = keys or st.store.keys_for("kind = 'cell' AND count = ?", (int(target),))
-        n = st.store.delete_keys(keys) if keys else 0
-        st.index.sync()
-        return n
+    def forget(self, target: str) -> str:
+        """Forget ``all`` or the cells run as In[N]; returns the line to show."""
+        from .admin import forget
+
+        return forget(self, target)
 
     def rebuild(self) -> str:
-        """Re-read the config's embedder, rebuild the index from SQLite, embed what is missing."""
-        self.flush(WAIT_BEFORE_SEARCH_S)
-        with self._open_lock:
-            old, self._state = self._state, None
-        if old is not None:
-            old.store.new_epoch()
-            old.index.drop_cache()
-            old.store.close()
-        st = self.state()
-        self._queries.clear()
-        self.indexer.put(BACKFILL)
-        return st.index.describe()
+        from .admin import rebuild
+
+        return rebuild(self)
 
     def learn(self, pattern: str, progress: Callable[[int, int], None]) -> Any:
         from .learn import learn_files
@@ -283,10 +230,9 @@ class NotebookMemory:
         return learn_files(self, pattern, progress)
 
     def stats(self) -> list[tuple[str, str]]:
-        from .stats import stats_rows
+        from .admin import stats_rows
 
-        self.flush(WAIT_BEFORE_SEARCH_S)
-        return stats_rows(self, self.state())
+        return stats_rows(self)
 
     def status_rows(self) -> list[tuple[str, str]]:
         """One row for `%mirai status` (does not open the memory)."""
@@ -297,13 +243,15 @@ class NotebookMemory:
         st = self._state
         return [("memory", f"{len(st.index):,} vectors · {st.embedder.name}")]
 
+    # --- closing -------------------------------------------------------------------------
+
     def save(self) -> None:
         """Write the usearch cache now (HNSW mode); SQLite is always current."""
         if self._state is not None:
             self._state.index.save()
 
     def _save_at_exit(self) -> None:
-        with contextlib.suppress(OSError, RuntimeError):  # rebuilt on the next start
+        with contextlib.suppress(OSError, RuntimeError, MiraiError):  # rebuilt on the next start
             self.save()
 
     def close(self) -> None:
@@ -311,18 +259,18 @@ class NotebookMemory:
         left = [item for item in self.indexer.stop() if not isinstance(item, Backfill)]
         try:
             if left:
-                self.plan(left)
+                from .rounds import plan
+
+                plan(self, left)
             self.save()
         except Exception as exc:  # closing must not raise; the next start catches up
             self.note_error(exc)
         finally:
             atexit.unregister(self._save_at_exit)
-            state, self._state = self._state, None
-            if state is not None:
-                state.store.close()
+            self.discard_state()
             self.indexer.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc) if isinstance(exc, MiraiError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())[:120]
+    return " ".join(text.split())[:160]

@@ -22,7 +22,8 @@ def file_sizes(home: Any) -> str:
 def stats_rows(memory: Any, state: Any) -> list[tuple[str, str]]:
     """(label, value) rows for the stats table."""
     counts = state.store.counts(state.embedder.name)
-    pending = state.store.pending_count(state.embedder.name) + memory.indexer.pending()
+    pending = state.store.vectors.pending_count(state.embedder.name) + memory.indexer.pending()
+    refused, reason = state.store.vectors.failures(state.embedder.name)
     rows = [
         (
             "entries",
@@ -30,6 +31,11 @@ def stats_rows(memory: Any, state: Any) -> list[tuple[str, str]]:
             f"from {counts['files']:,} learned files)",
         ),
         ("pending", f"{pending:,} not embedded yet"),
+    ]
+    if refused:
+        note = f"{refused:,} not embeddable (`rebuild` retries them): {reason[:160]}"
+        rows.append(("refused", note))
+    rows += [
         ("embedder", state.embedder.name),
         ("dims", str(state.embedder.dims)),
         ("index", state.index.describe()),

@@ -2,19 +2,21 @@
 
 * ``entries``: one row per remembered cell or file chunk (redacted text, label, SHA-256 of
   the embedded text, a 63-bit key shared with the vector index, a ``version``).
-* ``vectors``: the embedding cache, keyed by (SHA-256 of the text, embedder name), so an
-  unchanged cell is never embedded twice, across restarts and kernels.
+* ``vectors`` and ``failed``: the embedding cache (see ``vectors.py``).
 * ``meta``: ``generation`` (bumped by every write transaction; rows touched get it as their
   version, deletions leave a ``tombstones`` row) and ``epoch`` (bumped by forget-all and
   rebuild). A vector index that remembers the generation it has seen catches up with
   writes from other kernels by reading only the rows past it.
 
 Writes take ``BEGIN IMMEDIATE`` (one writer at a time across processes, others wait up to
-``busy_timeout``); a kernel killed mid-write leaves the last committed state.
+``busy_timeout``); a kernel killed mid-write leaves the last committed state. A file SQLite
+calls corrupt raises ``MemoryCorruptError`` (one line, with what to do).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -22,11 +24,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..client.errors import MemoryCorruptError
 from .documents import Doc
+from .vectors import VectorCache, chunks
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
-_CHUNK = 500  # SQLite host-parameter batches
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,6 +45,9 @@ CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha);
 CREATE INDEX IF NOT EXISTS entries_file ON entries(file);
 CREATE TABLE IF NOT EXISTS vectors(
   sha TEXT NOT NULL, embedder TEXT NOT NULL, vector BLOB NOT NULL,
+  PRIMARY KEY (sha, embedder)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failed(
+  sha TEXT NOT NULL, embedder TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
   PRIMARY KEY (sha, embedder)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombstones(key INTEGER NOT NULL, version INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS tombstones_version ON tombstones(version);
@@ -71,29 +78,46 @@ class Store:
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA secure_delete=ON")  # forgotten text is zeroed, not left behind
-        self.write(_create, bump=False)
+        try:
+            with self.guard():
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA secure_delete=ON")  # forgotten text is zeroed
+            self.write(_create, bump=False)
+        except BaseException:
+            self._db.close()
+            raise
+        self.vectors = VectorCache(self)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn SQLite's "corrupt" / "not a database" into a MemoryCorruptError."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
+                raise corrupt(self.path, exc) from None
+            raise
 
     # --- transactions -------------------------------------------------------------
 
     def write(self, fn: Callable[[sqlite3.Connection, int], T], *, bump: bool = True) -> T:
         """Run ``fn(db, generation)`` in one immediate transaction (generation bumped first)."""
-        with self._lock:
+        with self._lock, self.guard():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 gen = self._bump("generation") if bump else 0
                 result = fn(self._db, gen)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             return result
 
-    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, self.guard():
             return self._db.execute(sql, params).fetchall()
 
     def _bump(self, name: str) -> int:
@@ -146,7 +170,8 @@ class Store:
                 "DELETE FROM files WHERE path NOT IN (SELECT file FROM entries "
                 "WHERE file IS NOT NULL)"
             )
-            db.execute("DELETE FROM vectors WHERE sha NOT IN (SELECT sha FROM entries)")
+            for table in ("vectors", "failed"):
+                db.execute(f"DELETE FROM {table} WHERE sha NOT IN (SELECT sha FROM entries)")
             return n
 
         n = self.write(apply)
@@ -158,7 +183,7 @@ class Store:
 
         def apply(db: sqlite3.Connection, gen: int) -> int:
             n = db.execute("DELETE FROM entries").rowcount
-            for table in ("vectors", "files", "tombstones"):
+            for table in ("vectors", "failed", "files", "tombstones"):
                 db.execute(f"DELETE FROM {table}")
             self._bump("epoch")
             return n
@@ -169,7 +194,7 @@ class Store:
 
     def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate it (after forgetting)."""
-        with self._lock:
+        with self._lock, self.guard():
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def new_epoch(self) -> None:
@@ -181,80 +206,11 @@ class Store:
     def rows(self, keys: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         """Entry rows by key (fields in ROW_FIELDS order)."""
         found: dict[int, tuple[Any, ...]] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             marks = ",".join("?" * len(part))
             sql = f"SELECT {ROW_FIELDS} FROM entries WHERE key IN ({marks})"
             found.update({r[0]: r for r in self.read(sql, part)})
         return found
-
-    # --- vectors ----------------------------------------------------------------------
-
-    def cached(self, shas: Sequence[str], embedder: str) -> set[str]:
-        """The SHAs that already have a vector from ``embedder``."""
-        have: set[str] = set()
-        for part in _chunks(list(shas)):
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT sha FROM vectors WHERE embedder = ? AND sha IN ({marks})"
-            have.update(r[0] for r in self.read(sql, [embedder, *part]))
-        return have
-
-    def put_vectors(self, shas: Sequence[str], blobs: Sequence[bytes], embedder: str) -> None:
-        """Cache vectors; entries using them get a new version so indexes pick them up."""
-
-        def apply(db: sqlite3.Connection, gen: int) -> None:
-            db.executemany(
-                "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
-                [(s, embedder, b) for s, b in zip(shas, blobs, strict=True)],
-            )
-            db.executemany("UPDATE entries SET version = ? WHERE sha = ?", [(gen, s) for s in shas])
-
-        self.write(apply)
-
-    def missing(self, embedder: str, limit: int) -> list[tuple[str, str, str]]:
-        """(sha, body, output) of entries with no vector from ``embedder`` yet."""
-        return self.read(
-            "SELECT sha, body, output FROM entries e WHERE NOT EXISTS (SELECT 1 FROM vectors v "
-            "WHERE v.sha = e.sha AND v.embedder = ?) GROUP BY sha LIMIT ?",
-            (embedder, limit),
-        )
-
-    def pending_count(self, embedder: str) -> int:
-        """Entries with no vector from ``embedder`` (not searchable yet)."""
-        return int(
-            self.read(
-                "SELECT COUNT(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM vectors v "
-                "WHERE v.sha = e.sha AND v.embedder = ?)",
-                (embedder,),
-            )[0][0]
-        )
-
-    def vectors_since(self, version: int, embedder: str) -> list[tuple[int, bytes | None]]:
-        """(key, vector or None) of entries written after ``version`` (-1: all entries)."""
-        return self.read(
-            "SELECT e.key, v.vector FROM entries e LEFT JOIN vectors v "
-            "ON v.sha = e.sha AND v.embedder = ? WHERE e.version > ?",
-            (embedder, version),
-        )
-
-    def count_vectors(self, embedder: str) -> int:
-        """Entries that have a vector from ``embedder``."""
-        return int(
-            self.read(
-                "SELECT COUNT(*) FROM entries e JOIN vectors v ON v.sha = e.sha AND v.embedder = ?",
-                (embedder,),
-            )[0][0]
-        )
-
-    def iter_vectors(self, embedder: str, chunk: int = 10_000) -> Iterator[list[tuple[int, bytes]]]:
-        """Every (key, vector) of ``embedder`` in chunks (a rebuild never holds them all twice)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "SELECT e.key, v.vector FROM entries e JOIN vectors v "
-                "ON v.sha = e.sha AND v.embedder = ?",
-                (embedder,),
-            )
-            while rows := cursor.fetchmany(chunk):
-                yield rows
 
     def removed_since(self, version: int) -> list[int]:
         return [r[0] for r in self.read("SELECT key FROM tombstones WHERE version > ?", (version,))]
@@ -301,7 +257,7 @@ def _row(doc: Doc, run: str, gen: int, now: float) -> dict[str, Any]:
 def _delete(db: sqlite3.Connection, gen: int, column: str, values: list[Any]) -> int:
     """Delete entries whose ``column`` is in ``values``; leave tombstones for the indexes."""
     deleted = 0
-    for part in _chunks(values):
+    for part in chunks(values):
         marks = ",".join("?" * len(part))
         keys = db.execute(
             f"DELETE FROM entries WHERE {column} IN ({marks}) RETURNING key", part
@@ -311,6 +267,23 @@ def _delete(db: sqlite3.Connection, gen: int, column: str, values: list[Any]) ->
     return deleted
 
 
-def _chunks(values: list[Any]) -> Iterable[list[Any]]:
-    for i in range(0, len(values), _CHUNK):
-        yield values[i : i + _CHUNK]
+def corrupt(path: Path, exc: BaseException) -> MemoryCorruptError:
+    """The one-line error for an unreadable ``memory.sqlite``."""
+    return MemoryCorruptError(f"{_shown(path)} is unreadable ({exc})", path=path)
+
+
+def move_aside(path: Path, now: Callable[[], float] = time.time) -> Path:
+    """Rename an unreadable database (and its -wal/-shm) to ``NAME.corrupt-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now()))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, target.with_name(target.name + suffix))
+    return target
+
+
+def _shown(path: Path) -> str:
+    """The path as the user knows it (relative to the working directory when inside it)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel

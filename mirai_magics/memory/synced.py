@@ -5,6 +5,7 @@ One instance per kernel. ``sync()`` applies what any process committed since the
 cache file means a full rebuild from SQLite. In HNSW mode the index is saved to
 ``memory.usearch`` (+ ``.json`` sidecar) under an advisory file lock, so two kernels never
 interleave an index file with the other's sidecar.
+Past the exact-search threshold, ``GraphBuilder`` builds the HNSW graph on its own thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class SyncedIndex:
         self.seen, self.epoch = -1, -1
         self.dirty, self.saved_at = False, time.monotonic()
         self.note = "not loaded"
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self.backend)
@@ -46,6 +48,7 @@ class SyncedIndex:
         """Load the usearch cache when it matches (HNSW mode), else rebuild; then catch up."""
         with self.lock:
             remove_stale_temps(self.path.parent)
+            self.store.vectors.drop_malformed(self.embedder, self.dims * 4)
             if self._wants_hnsw(self.store.counts(self.embedder)["vectors"]):
                 try:
                     self._load_cache()
@@ -81,16 +84,19 @@ class SyncedIndex:
         """
         with self.lock:
             gen, epoch = self.store.generation()
-            count = self.store.count_vectors(self.embedder)
+            count = self.store.vectors.count(self.embedder)
             hnsw = self._wants_hnsw(count) and count <= BUILD_NOW_MAX
             self.backend = HnswIndex(self.dims) if hnsw else FlatIndex(self.dims, count + 256)
-            for rows in self.store.iter_vectors(self.embedder):
-                keys = np.fromiter((k for k, _ in rows), dtype=np.int64, count=len(rows))
-                self.backend.upsert(keys, _matrix([v for _, v in rows], self.dims))
+            self._fill(self.backend)
             self.seen, self.epoch, self.note = gen, epoch, note
             self.dirty = hnsw
             if hnsw:
                 self.save()
+
+    def _fill(self, backend: FlatIndex | HnswIndex) -> None:
+        """Every vector of this embedder from SQLite, one page at a time (a small peak)."""
+        for rows in self.store.vectors.pages(self.embedder):
+            _upsert(backend, rows, self.dims)
 
     # --- catching up ---------------------------------------------------------------
 
@@ -103,33 +109,31 @@ class SyncedIndex:
                 return
             if gen == self.seen:
                 return
-            self._apply(self.backend, self.seen)
+            self._apply(self.backend, self.seen)  # raises before ``seen`` moves: retried
             self.seen = gen
             self.dirty = self.dirty or self.backend.kind == "hnsw"
 
     def _apply(self, backend: FlatIndex | HnswIndex, since: int) -> None:
         """Tombstones first, then rows changed after ``since`` (a row without vector leaves)."""
         removed = self.store.removed_since(since)
-        changed = self.store.vectors_since(since, self.embedder)
+        changed = self.store.vectors.since(since, self.embedder)
         backend.remove(removed + [k for k, v in changed if v is None])
-        present = [(k, v) for k, v in changed if v is not None]
-        if present:
-            keys = np.fromiter((k for k, _ in present), dtype=np.int64, count=len(present))
-            backend.upsert(keys, _matrix([v for _, v in present], self.dims))
+        _upsert(backend, [(k, v) for k, v in changed if v is not None], self.dims)
 
     def convert(self) -> None:
-        """Build the HNSW graph without holding the lock (searches go on, exact), then swap."""
+        """Build the HNSW graph from SQLite without holding the lock (searches go on, exact),
+        then catch it up and swap it in. Run by ``GraphBuilder``, off the indexing thread."""
         with self.lock:
-            flat = self.backend
-            if not isinstance(flat, FlatIndex) or not self._wants_hnsw(len(flat)):
+            if self.closed or not self.needs_hnsw:
                 return
-            keys, vectors, since, epoch = flat.keys(), flat.vectors().copy(), self.seen, self.epoch
+            epoch = self.epoch
+            since, _ = self.store.generation()
         hnsw = HnswIndex(self.dims)
-        hnsw.upsert(keys, vectors)
+        self._fill(hnsw)
         with self.lock:
             gen, now_epoch = self.store.generation()
-            if now_epoch != epoch or self.epoch != epoch:
-                return  # cleared or rebuilt meanwhile: the next round starts over
+            if self.closed or now_epoch != epoch or self.epoch != epoch:
+                return  # closed, cleared or rebuilt meanwhile: the next round starts over
             self._apply(hnsw, since)  # what changed while the graph was being built
             self.backend, self.seen, self.dirty = hnsw, gen, True
             self.note = f"HNSW (past {self.threshold:,} vectors)"
@@ -149,12 +153,17 @@ class SyncedIndex:
     def save(self) -> None:
         """Write the HNSW cache (a no-op in exact mode: SQLite reloads faster than a graph)."""
         with self.lock:
-            if not isinstance(self.backend, HnswIndex) or not self.dirty:
+            if self.closed or not isinstance(self.backend, HnswIndex) or not self.dirty:
                 return
             meta = {"embedder": self.embedder, "generation": self.seen, "epoch": self.epoch}
             with _file_lock(self.path):
                 self.backend.save(self.path, meta)
             self.dirty, self.saved_at = False, time.monotonic()
+
+    def close(self) -> None:
+        """No more swaps or saves (a graph still being built is dropped when it finishes)."""
+        with self.lock:
+            self.closed = True
 
     def drop_cache(self) -> None:
         with _file_lock(self.path):
@@ -170,10 +179,60 @@ class SyncedIndex:
         return self.backend.nbytes
 
 
-def _matrix(blobs: list[bytes], dims: int) -> np.ndarray:
-    if not blobs:
-        return np.empty((0, dims), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dims)
+class GraphBuilder:
+    """Runs ``index.convert()`` on its own thread, one build at a time.
+
+    Building a graph of 50k+ vectors takes tens of seconds; indexing rounds (and with them
+    ``flush()``, which a `%%mirai` cell waits on) go on meanwhile. ``spawn`` starts a job.
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None], spawn: Any = None):
+        self.on_error = on_error
+        self.spawn: Callable[[Callable[[], None]], Any] = spawn or _daemon_thread
+        self._lock = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def start(self, index: SyncedIndex) -> None:
+        """Start a build when the exact index has outgrown the threshold and none runs."""
+        with self._lock:
+            if not self.idle.is_set() or not index.needs_hnsw:
+                return
+            self.idle.clear()
+        self.spawn(lambda: self._run(index))
+
+    def _run(self, index: SyncedIndex) -> None:
+        try:
+            index.convert()
+        except Exception as exc:  # a background job must not die silently: shown in stats
+            if not index.closed:  # a closed index's store is closed too: nothing to report
+                self.on_error(exc)
+        finally:
+            self.idle.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for a build in progress; False when ``timeout`` ran out first."""
+        return self.idle.wait(timeout)
+
+
+def _daemon_thread(job: Callable[[], None]) -> None:
+    threading.Thread(target=job, name="mirai-memory-graph", daemon=True).start()
+
+
+def _upsert(backend: FlatIndex | HnswIndex, rows: list[tuple[int, bytes]], dims: int) -> None:
+    keys, matrix = _matrix(rows, dims)
+    if len(keys):
+        backend.upsert(keys, matrix)
+
+
+def _matrix(rows: Iterable[tuple[int, bytes]], dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and float32 rows of (key, blob) pairs; blobs of the wrong size are left out."""
+    good = [(k, v) for k, v in rows if len(v) == dims * 4]
+    keys = np.fromiter((k for k, _ in good), dtype=np.int64, count=len(good))
+    if not good:
+        return keys, np.empty((0, dims), dtype=np.float32)
+    blob = b"".join(v for _, v in good)
+    return keys, np.frombuffer(blob, dtype=np.float32).reshape(len(good), dims)
 
 
 @contextlib.contextmanager

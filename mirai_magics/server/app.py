@@ -229,7 +229,7 @@ class App:
 
     def _do_embeddings(self, req: Request, body: dict | None) -> object:
         assert body is not None
-        result, n_inputs = endpoints.embeddings(body)
+        result, n_inputs = endpoints.embeddings(body, self.plan.faults)
         self.stats.add_embedding_inputs(n_inputs)
         return result
 

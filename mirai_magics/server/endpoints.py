@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from . import answers
 from .embeddings import MAX_DIMENSIONS, default_dimensions, embeddings_object
@@ -154,11 +155,12 @@ def _dimensions(body: dict, model: str) -> int:
     return dims
 
 
-def embeddings(body: dict) -> tuple[dict, int]:
-    """The embeddings response and the number of inputs embedded."""
+def embeddings(body: dict, faults: Any = None) -> tuple[dict, int]:
+    """The embeddings response and the number of inputs embedded (``faults``: embed_* quirks)."""
     model = _require_model(body)
     texts = _embedding_inputs(body)
-    dims = _dimensions(body, model)
+    _refuse_inputs(texts, faults)
+    dims = getattr(faults, "embed_dims", None) or _dimensions(body, model)
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise ApiError(
@@ -168,6 +170,22 @@ def embeddings(body: dict) -> tuple[dict, int]:
             code="invalid_value",
         )
     return embeddings_object(texts, model, dims, fmt), len(texts)
+
+
+def _refuse_inputs(texts: list[str], faults: Any) -> None:
+    """Refuse the whole request, as providers do, when one input is too long or refused."""
+    limit = getattr(faults, "embed_max_chars", None)
+    marker = getattr(faults, "embed_refuse", None)
+    for text in texts:
+        if limit is not None and len(text) > limit:
+            raise ApiError(
+                400,
+                "This model's maximum context length was exceeded (offline server limit).",
+                param="input",
+                code="context_length_exceeded",
+            )
+        if marker and marker in text:
+            raise ApiError(400, "This input was refused (offline server fault).", param="input")
 
 
 def _model_object(name: str) -> dict:

@@ -34,6 +34,10 @@ class Faults:
     down: bool = False
     force_status: int | None = None
     should_retry: bool | None = None
+    # embeddings endpoint quirks of real providers:
+    embed_max_chars: int | None = None  # 400 "maximum context length" for a longer input
+    embed_refuse: str | None = None  # 400 for any input containing this text
+    embed_dims: int | None = None  # answer with this width, ignoring `dimensions`
 
     def __post_init__(self) -> None:
         validate_faults(self)
@@ -70,6 +74,12 @@ def validate_faults(f: Faults) -> None:
     for name in ("html_503", "hang", "down"):
         _check(isinstance(getattr(f, name), bool), f"{name} must be a boolean")
     _check(f.should_retry is None or isinstance(f.should_retry, bool), "should_retry: bool or None")
+    for name in ("embed_max_chars", "embed_dims"):
+        value = getattr(f, name)
+        _check(
+            value is None or (isinstance(value, int) and value >= 1), f"{name}: int >= 1 or None"
+        )
+    _check(f.embed_refuse is None or isinstance(f.embed_refuse, str), "embed_refuse: text or None")
 
 
 def normalize_entry(entry: object) -> str:

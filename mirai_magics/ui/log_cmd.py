@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import time
 from typing import Any
 
-from IPython.display import display
-
 from ..client.errors import UsageError
 from .render import show_note
-from .status import show_table
+from .status import show_grid, show_table
 
 LOG_USAGE = "usage: %mirai log [-n N] [--json]"
 REPLAY_USAGE = "usage: %mirai replay PATH [--fallthrough] | off | status"
@@ -86,30 +83,6 @@ def show_log(session: Any, rest: list[str]) -> None:
         show_note(f"no calls logged yet in {path}")
     else:
         show_grid(f"last {len(calls)} call(s) in {path}", _COLUMNS, [log_row(c) for c in calls])
-
-
-def text_grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """A header and rows as left-aligned text columns (pure; `mirai golden` prints one too)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-
-
-def show_grid(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Display a titled table with a header row: HTML, and text/plain for nbval and consoles."""
-    cell = "<{0} style='text-align:left'>{1}</{0}>"
-    head = "".join(cell.format("th", html.escape(c)) for c in header)
-    body = "".join(
-        "<tr>" + "".join(cell.format("td", html.escape(c)) for c in r) + "</tr>" for r in rows
-    )
-    markup = (
-        f"<table class='mirai-table'><caption>{html.escape(title)}</caption>"
-        f"<tr>{head}</tr>{body}</table>"
-    )
-    text = "\n".join([title, *text_grid(header, rows)])
-    display({"text/html": markup, "text/plain": text}, raw=True)
 
 
 def replay_command(session: Any, rest: list[str]) -> None:

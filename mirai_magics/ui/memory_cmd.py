@@ -8,12 +8,12 @@
 
 The post_run_cell hook only builds a small event and enqueues it. Cells run before the
 session exists (it starts with the first `%mirai`/`%%mirai`) wait in a bounded backlog,
-so `%load_ext` alone imports nothing heavy.
+so `%load_ext` alone imports nothing heavy. A failed cell's exception is kept as one line
+of text, never as the object (its traceback would keep the cell's frames and data alive).
 """
 
 from __future__ import annotations
 
-import html
 import os
 from collections import deque
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 from IPython.display import display
 
 from ..client.errors import UsageError
-from ..memory.documents import CellEvent
+from ..memory.documents import CellEvent, error_line
+from .status import show_grid
 
 BACKLOG = 2000  # cells kept while no session exists yet
 OUTPUT_CAP = 4000  # characters taken from a result's repr in the hook (the config cuts further)
@@ -60,12 +61,13 @@ def cell_finished(magics: Any, result: Any) -> None:
     info = result.info
     if info is None or not magics.memory_enabled:
         return
+    error = result.error_in_exec or result.error_before_exec
     event = CellEvent(
         info.raw_cell or "",
         getattr(info, "cell_id", None),
         result.execution_count if getattr(info, "store_history", True) else None,
         short_output(magics.shell, result),
-        result.error_in_exec or result.error_before_exec,
+        None if error is None else error_line(error),
     )
     session = magics._session
     if session is None:
@@ -74,7 +76,7 @@ def cell_finished(magics: Any, result: Any) -> None:
     memory = session.memory
     memory.current_cell = None
     _hand_over(magics, memory)
-    memory.add(event)
+    _add(memory, event)
 
 
 def short_output(shell: Any, result: Any) -> str:
@@ -102,7 +104,17 @@ def _backlog(magics: Any) -> deque[CellEvent]:
 def _hand_over(magics: Any, memory: Any) -> None:
     backlog = magics.__dict__.get("_memory_backlog")
     while backlog:
-        memory.add(backlog.popleft())
+        _add(memory, backlog.popleft())
+
+
+def _add(memory: Any, event: CellEvent) -> None:
+    memory.add_cell(
+        event.source,
+        cell_id=event.cell_id,
+        count=event.count,
+        output=event.output,
+        error=event.error,
+    )
 
 
 # --- the command --------------------------------------------------------------------------
@@ -157,8 +169,7 @@ def _forget(memory: Any, args: list[str]) -> None:
 
     if len(args) != 1:
         raise UsageError("forget needs one argument", hint="`forget N` (In[N]) or `forget all`")
-    n = memory.forget(args[0])
-    show_note(f"forgot {n} entr{'y' if n == 1 else 'ies'}")
+    show_note(memory.forget(args[0]))
 
 
 def _rebuild(memory: Any, args: list[str]) -> None:
@@ -215,20 +226,4 @@ def show_hits(query: str, hits: list[Any]) -> None:
     """The search table: score, In[n] (or file:line), snippet."""
     rows = hit_rows(hits)
     title = f'memory search "{query}": {len(rows)} hit{"s" if len(rows) != 1 else ""}'
-    header = ("score", "cell", "snippet")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(2)]
-    lines = [title] + [
-        f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}".rstrip() for a, b, c in [header, *rows]
-    ]
-    cells = "".join(
-        "<tr>"
-        + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row)
-        + "</tr>"
-        for row in rows
-    )
-    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in header)
-    markup = (
-        f"<table class='mirai-memory'><caption>{html.escape(title)}</caption>"
-        f"<tr>{head}</tr>{cells}</table>"
-    )
-    display({"text/html": markup, "text/plain": "\n".join(lines)}, raw=True)
+    show_grid(title, ("score", "cell", "snippet"), rows)

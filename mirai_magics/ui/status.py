@@ -64,3 +64,27 @@ def _ms(value: float | None) -> str:
 def _clip(text: str, limit: int = 120) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A header and rows as left-aligned text columns (pure)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+
+
+def show_grid(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Display a titled table with a header row: HTML, and text/plain for nbval and consoles."""
+    cell = "<{0} style='text-align:left'>{1}</{0}>"
+    head = "".join(cell.format("th", html.escape(c)) for c in header)
+    body = "".join(
+        "<tr>" + "".join(cell.format("td", html.escape(c)) for c in r) + "</tr>" for r in rows
+    )
+    markup = (
+        f"<table class='mirai-table'><caption>{html.escape(title)}</caption>"
+        f"<tr>{head}</tr>{body}</table>"
+    )
+    text = "\n".join([title, *text_grid(header, rows)])
+    display({"text/html": markup, "text/plain": text}, raw=True)
