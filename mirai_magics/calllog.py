@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .redact import DEFAULT_SECRET_NAMES, secret_env_values
 
 log = logging.getLogger(__name__)
 FILE_NAME = "calls.sqlite"
+BATCH_LINGER_S = 0.05  # how long the writer lets calls gather before one transaction
 BUSY_TIMEOUT_MS = 10_000
 MAX_REMEMBERED_SECRETS = 100
 SCHEMA = """
@@ -119,6 +121,8 @@ class CallLog:
         self._secrets()
         self._failing = False
         self._worker = BackgroundWorker(f"mirai-call-log-{self.path.name}")
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_lock = threading.Lock()
 
     def __repr__(self) -> str:
         kind = "cassette" if self.cassette else "call log"
@@ -127,13 +131,23 @@ class CallLog:
     def __call__(self, event: str, record: Any, info: dict[str, Any]) -> None:
         if event != "call" or (self.cassette and (record.replayed or record.kind != "chat")):
             return
-        # Written by a background thread: the caller gets its answer without waiting on disk.
-        args = (record, info.get("messages"), info.get("text"), current_cell())
-        self._worker.submit(self._write_logged, *args)
+        # Written by a background thread, in batches: the caller gets its answer without
+        # waiting on disk, and a burst of calls costs one transaction.
+        with self._pending_lock:
+            self._pending.append((record, info.get("messages"), info.get("text"), current_cell()))
+            if len(self._pending) > 1:
+                return  # a drain is already queued and will take this one too
+        self._worker.submit(self._drain)
 
-    def _write_logged(self, *args: Any) -> None:
+    def _drain(self) -> None:
+        time.sleep(BATCH_LINGER_S)  # let a burst gather (the sleep releases the GIL)
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        self._write_logged(batch)
+
+    def _write_logged(self, batch: list[tuple[Any, ...]]) -> None:
         try:
-            self.write(*args)
+            self.write_many(batch)
         except (sqlite3.Error, OSError) as exc:  # the log must never break the call itself
             if not self._failing:  # once per outage, not once per call
                 log.warning("mirai: call log %s not written: %s", self.path, exc)
@@ -153,20 +167,40 @@ class CallLog:
         cell: str | None = None,
     ) -> None:
         """Append one call (secrets redacted), now, on the calling thread."""
+        self.write_many([(record, messages, text, cell)])
+
+    def write_many(self, calls: list[tuple[Any, ...]]) -> None:
+        """Append calls ``(record, messages, text, cell)`` in one transaction."""
+        if not calls:
+            return
+        secrets = self._secrets()
+        rows = [self._row(secrets, *call) for call in calls]
+        insert = (
+            f"INSERT INTO calls ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
+        )
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(insert, [list(row.values()) for row in rows])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _row(self, secrets: list[str], record: Any, messages: Any, text: Any, cell: Any) -> dict:
         row = row_values(
             record,
             messages,
             text,
-            self._secrets(),
+            secrets,
             session=self.session_id,
             conversation=self._conversation(messages, text),
             cell=cell if cell is not None else current_cell(),
         )
         if not self.include_prompts:
             row["messages"] = None
-        insert = f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-        with self._lock:
-            self._connection().execute(insert, list(row.values()))
+        return row
 
     def _secrets(self) -> list[str]:
         """Secret env values now, plus earlier ones: a value rotated away is still redacted."""

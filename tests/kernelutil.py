@@ -93,7 +93,8 @@ class Kernel:
         self.km.interrupt_kernel()
 
     def restart(self) -> None:
-        self.km.restart_kernel(now=True)
+        """A graceful restart, as the notebook's "Restart kernel" does (exit hooks run)."""
+        self.km.restart_kernel(now=False)
         self.kc.wait_for_ready(timeout=60)
 
     def kill(self) -> None:

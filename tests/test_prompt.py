@@ -57,3 +57,15 @@ def test_messages_order_system_memory_history_user():
     roles = [m["role"] for m in prompt.messages]
     assert roles == ["system", "system", "user", "assistant", "user"]
     assert "JSON" in prompt.messages[0]["content"] and "extra" in prompt.messages[0]["content"]
+
+
+def test_secret_env_values_follow_added_and_rotated_variables(monkeypatch):
+    from mirai_magics.redact import secret_env_values
+
+    monkeypatch.setenv("MIRAI_TEST_API_TOKEN", "first-secret-value")
+    assert "first-secret-value" in secret_env_values()
+    monkeypatch.setenv("MIRAI_TEST_API_TOKEN", "rotated-secret-value")  # same size, new value
+    values = secret_env_values()
+    assert "rotated-secret-value" in values and "first-secret-value" not in values
+    monkeypatch.delenv("MIRAI_TEST_API_TOKEN")
+    assert "rotated-secret-value" not in secret_env_values()

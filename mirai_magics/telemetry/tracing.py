@@ -35,10 +35,13 @@ class _NoSpan:
 
 
 def _tracer() -> Any:
+    """Our tracer, or None when spans could not be recorded (no API, or no SDK provider)."""
     try:
         from opentelemetry import trace
     except ImportError:
         return None
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None  # nothing configured: skip span bookkeeping on the hot path
     return trace.get_tracer(TRACER_NAME)
 
 
@@ -111,10 +114,10 @@ def traced_call(kind: str) -> Callable[[F], F]:
 
 def trace_event(event: str, record: Any, info: dict[str, Any]) -> None:
     """Client events on the current `mirai.llm.call` span: attempts as events, the outcome."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
+    if _tracer() is None:
         return
+    from opentelemetry import trace
+
     current = trace.get_current_span()
     if event == "attempt":
         current.add_event(
