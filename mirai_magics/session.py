@@ -60,7 +60,7 @@ class Session:
         self.default_profile = "main"
         self.default_overrides: dict[str, Any] = {}
         self.status_sources: list[Any] = []
-        self.policy: Any = None  # quotas + degradation rules, rebuilt with the client
+        self.policy: Any = None  # quotas + degradation rules; kept across reloads of the client
         self.telemetry: Any = None  # metrics registry, logs, traces: one per Session
         self.call_logs: list[Any] = []
         self._memory: Any = None

@@ -74,6 +74,21 @@ def test_reservation_settles_to_the_reported_usage(clock):
     assert budgets.global_budget.used() == 150 + 900 + 800
 
 
+def test_the_budget_user_comes_from_config_then_env_then_the_request(
+    make_session, offline_server, monkeypatch
+):
+    monkeypatch.setenv("MIRAI_USER", "ada")
+    assert make_session().user == "ada"
+    session = make_session("limits: {user: grace}")
+    assert session.user == "grace"  # config wins over MIRAI_USER
+    session.chat(HELLO, max_tokens=50)
+    session.chat(HELLO, max_tokens=50, user="linus")  # a per-request user has its own budget
+    rows = dict(session.policy.status_rows())
+    assert set(session.policy.budgets.users) == {"grace", "linus"}
+    assert rows["tokens this minute (grace)"].split(" / ")[0] != "0"
+    assert offline_server.stats_snapshot()["recent"][-1]["body"]["user"] == "linus"
+
+
 def test_session_budget_refuses_then_frees_up(make_session, offline_server, clock):
     session = make_session("limits: {tokens: {per_user_per_minute: 400}}")
     used = 0
