@@ -16,6 +16,7 @@ import os
 import statistics
 import time
 
+from common import BENCH_CONFIG, KEY, timed_ms
 from openai import AsyncOpenAI
 
 from mirai_magics.client.errors import MiraiError
@@ -23,14 +24,7 @@ from mirai_magics.config import parse_config
 from mirai_magics.server import Faults, OfflineServer
 from mirai_magics.session import Session
 
-KEY = "sk-test-bench-0000000000000000"
 MESSAGES = [{"role": "user", "content": "Summarise the benchmark in one line."}]
-# The benchmark measures engine overhead, not rate shaping: lift quotas out of the way.
-BENCH_CONFIG = """
-limits:
-  requests_per_second: {chat: 1000000, embeddings: 1000000}
-  tokens: {global_per_minute: 1000000000, per_user_per_minute: 1000000000}
-"""
 
 
 def overhead(calls: int) -> None:
@@ -49,8 +43,8 @@ def overhead(calls: int) -> None:
                 session.chat(MESSAGES)
             raw_ms, mirai_ms = [], []
             for _ in range(calls):
-                raw_ms.append(_timed(raw_call))
-                mirai_ms.append(_timed(lambda: session.chat(MESSAGES)))
+                raw_ms.append(timed_ms(raw_call))
+                mirai_ms.append(timed_ms(lambda: session.chat(MESSAGES)))
         loop.run_until_complete(raw.close())
         loop.close()
     raw_p50, mirai_p50 = statistics.median(raw_ms), statistics.median(mirai_ms)
@@ -83,12 +77,6 @@ def chaos(calls: int) -> None:
     print(f"chaos_success_rate={ok / calls:.4f} failed={failed} degraded={degraded}")
     print(f"chaos_http_requests={seen} minimum_expected~={round(calls / 0.7)}")
     print(f"chaos_seconds={elapsed:.1f}")
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-KEY = "sk-test-bench-0000000000000000"
+from common import BENCH_CONFIG, KEY, timed_ms
+
 LOAD_PROBE = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -33,11 +33,6 @@ if sys.argv[1] == "load":
 t2 = time.perf_counter()
 heavy = sorted({"openai", "usearch", "ipywidgets", "prometheus_client", "numpy"} & set(sys.modules))
 print(json.dumps({"shell_ms": (t1 - t0) * 1000, "load_ms": (t2 - t1) * 1000, "heavy": heavy}))
-"""
-BENCH_CONFIG = """
-limits:
-  requests_per_second: {chat: 1000000, embeddings: 1000000}
-  tokens: {global_per_minute: 1000000000, per_user_per_minute: 1000000000}
 """
 
 
@@ -95,8 +90,8 @@ def cell_time(calls: int, memory: bool) -> None:
                 raw_call()
                 run()
             for _ in range(calls):
-                raw_ms.append(_timed(raw_call))
-                cell_ms.append(_timed(run))
+                raw_ms.append(timed_ms(raw_call))
+                cell_ms.append(timed_ms(run))
         ip.run_line_magic("unload_ext", "mirai_magics")
         raw.close()
     raw_p50, cell_p50 = statistics.median(raw_ms), statistics.median(cell_ms)
@@ -106,12 +101,6 @@ def cell_time(calls: int, memory: bool) -> None:
     print(f"mirai_cell_ms_p50={cell_p50:.3f}")
     print(f"cell_added_ms_p50={cell_p50 - raw_p50:.3f} ratio={cell_p50 / raw_p50:.2f} ({label})")
     print(f"target_cell_le_1ms_{label}={'met' if cell_p50 - raw_p50 <= 1 else 'MISSED'}")
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> None:

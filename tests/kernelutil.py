@@ -22,6 +22,17 @@ def kernel_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def server_kernel_env(server_url: str, home: Path, config_yaml: str, key: str) -> dict[str, str]:
+    """A kernel pointed at a test's offline server, with its own config file and MIRAI_HOME."""
+    (home / "mirai.yaml").write_text(config_yaml)
+    return kernel_env(
+        MIRAI_BASE_URL=server_url,
+        OPENAI_API_KEY=key,
+        MIRAI_CONFIG=str(home / "mirai.yaml"),
+        MIRAI_HOME=str(home / ".mirai"),
+    )
+
+
 @dataclass
 class Execution:
     """What one execute request produced on iopub."""

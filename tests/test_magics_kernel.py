@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from kernelutil import Kernel, kernel_env
+from kernelutil import Kernel, server_kernel_env
 
 from mirai_magics.server import OfflineServer
 
@@ -27,14 +27,7 @@ def server():
 @pytest.fixture(scope="module")
 def kernel(server, tmp_path_factory):
     home = tmp_path_factory.mktemp("kernel")
-    (home / "mirai.yaml").write_text(TEST_CONFIG)
-    env = kernel_env(
-        MIRAI_BASE_URL=server.url,
-        OPENAI_API_KEY=KEY,
-        MIRAI_CONFIG=str(home / "mirai.yaml"),
-        MIRAI_HOME=str(home / ".mirai"),
-    )
-    with Kernel(home, env) as k:
+    with Kernel(home, server_kernel_env(server.url, home, TEST_CONFIG, KEY)) as k:
         k.run("%load_ext mirai_magics")
         yield k
 

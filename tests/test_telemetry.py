@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from kernelutil import Kernel, kernel_env
+from kernelutil import Kernel, server_kernel_env
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,13 +128,7 @@ def test_metrics_command_is_idempotent_and_stops(make_session):
 @pytest.mark.kernel
 def test_metrics_endpoint_in_a_kernel_survives_reload_ext(offline_server, tmp_path):
     port = free_port()
-    (tmp_path / "mirai.yaml").write_text("memory: {enabled: false}\n")
-    env = kernel_env(
-        MIRAI_BASE_URL=offline_server.url,
-        OPENAI_API_KEY=KEY,
-        MIRAI_CONFIG=str(tmp_path / "mirai.yaml"),
-        MIRAI_HOME=str(tmp_path / ".mirai"),
-    )
+    env = server_kernel_env(offline_server.url, tmp_path, "memory: {enabled: false}\n", KEY)
     with Kernel(tmp_path, env) as kernel:
         kernel.run("%load_ext mirai_magics")
         kernel.run("%%mirai\nHello metrics")
