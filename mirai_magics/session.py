@@ -54,7 +54,6 @@ class Session:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._server: Any = None
-        self.observers: list[Any] = []
         self.records: list[CallRecord] = []
         self.history = History(self.config.context.max_history_messages)
         self.default_profile = "main"
@@ -125,7 +124,7 @@ class Session:
             organization=self.config.endpoint.organization,
             max_retries=0,
         )
-        kwargs: dict[str, Any] = {"observers": list(self.observers), "user": self.user}
+        kwargs: dict[str, Any] = {"user": self.user}
         if self._clock is not None:
             kwargs["clock"] = self._clock
         if self._sleep is not None:

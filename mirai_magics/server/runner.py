@@ -83,12 +83,6 @@ class OfflineServer:
         """Queue outcomes ("ok", "429", "html503", "hang", "drop", ...), one per API request."""
         self.app.plan.script(list(entries), replace=not append)
 
-    def set_vary(self, vary: bool) -> None:
-        self.app.vary = bool(vary)
-
-    def set_stream_delay_ms(self, delay_ms: float) -> None:
-        self.app.configure({"stream_delay_ms": delay_ms})
-
     def reset_stats(self) -> None:
         self.app.stats.reset()
 

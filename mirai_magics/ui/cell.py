@@ -28,7 +28,6 @@ class CellRequest:
     stream: bool | None = None
     out: str | None = None
     interp: bool = True
-    cell_id: str | None = None
     flags: list[str] = field(default_factory=list)
 
 
