@@ -19,8 +19,8 @@ import time
 from common import BENCH_CONFIG, KEY, timed_ms
 from openai import AsyncOpenAI
 
-from mirai_magics.client.errors import MiraiError
 from mirai_magics.config import parse_config
+from mirai_magics.errors import MiraiError
 from mirai_magics.server import Faults, OfflineServer
 from mirai_magics.session import Session
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .background import BackgroundWorker
 from .calllog_rows import current_cell, new_session_id, row_values, text_key
-from .client.errors import ConfigError
+from .errors import ConfigError
 from .redact import DEFAULT_SECRET_NAMES, secret_env_values
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from .client.errors import MiraiError
+from .errors import MiraiError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

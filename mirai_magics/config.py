@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .client.errors import ConfigError
+from .errors import ConfigError
 from .redact import REDACTED, looks_like_key
 
 KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password", "token"}

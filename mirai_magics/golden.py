@@ -59,7 +59,7 @@ def load_goldens(path: Path) -> list[Golden]:
     """Parse and validate the YAML list; ConfigError naming the entry on a mistake."""
     import yaml
 
-    from .client.errors import ConfigError
+    from .errors import ConfigError
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -71,7 +71,7 @@ def load_goldens(path: Path) -> list[Golden]:
 
 
 def _golden(entry: Any, index: int, path: Path) -> Golden:
-    from .client.errors import ConfigError
+    from .errors import ConfigError
 
     where = f"{path}: entry {index + 1}"
     if not isinstance(entry, dict) or not _is_text(entry.get("name"), entry.get("prompt")):
@@ -111,7 +111,7 @@ def _is_text(*values: Any) -> bool:
 
 def run_golden(session: Any, golden: Golden) -> Outcome:
     """Send one prompt the way a `%%mirai` cell would (no history, no memory, no braces)."""
-    from .client.errors import MiraiError
+    from .errors import MiraiError
     from .ui.cell import request_from_args
 
     opts = golden.options

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def dialog(n: int, client: Any, policy: Any, opts: argparse.Namespace, stop_at: float):
     """One simulated user: conversations of ``opts.turns`` turns until ``stop_at``."""
-    from .client.errors import MiraiError
+    from .errors import MiraiError
     from .history import trim
 
     user, turn, history = f"loadtest-{n:03d}", 0, []
@@ -159,7 +159,7 @@ def _resolve(args: argparse.Namespace, config: Any) -> argparse.Namespace:
 
 def _validate(opts: argparse.Namespace, config: Any) -> None:
     """One clear line for options that cannot make a load test."""
-    from .client.errors import UsageError
+    from .errors import UsageError
 
     problems = [
         (opts.dialogs < 1, f"--dialogs must be at least 1, got {opts.dialogs}"),

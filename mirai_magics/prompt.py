@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .client.errors import ContextTooLongError
+from .errors import ContextTooLongError
 from .tokens import count_text
 
 FORMAT_INSTRUCTIONS = {

@@ -23,7 +23,7 @@ from typing import Any
 
 from .calllog import BUSY_TIMEOUT_MS
 from .calllog_rows import current_cell, last_user_text, prompt_key, request_key
-from .client.errors import ConfigError, ReplayMissError
+from .errors import ConfigError, ReplayMissError
 from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 
 MODES = ("strict", "fallthrough")

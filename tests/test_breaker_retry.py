@@ -7,9 +7,9 @@ import email.utils
 import pytest
 
 from mirai_magics.client.breaker import CircuitBreaker, State
-from mirai_magics.client.errors import CircuitOpenError
 from mirai_magics.client.retry import retry_after_seconds
 from mirai_magics.config import Breaker
+from mirai_magics.errors import CircuitOpenError
 
 
 class FakeClock:

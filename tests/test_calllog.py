@@ -11,8 +11,8 @@ import pytest
 from kernelutil import Kernel, kernel_env
 
 from mirai_magics.calllog import read_calls
-from mirai_magics.client.errors import ClientRequestError, ConfigError, RetriesExhaustedError
 from mirai_magics.config import parse_config
+from mirai_magics.errors import ClientRequestError, ConfigError, RetriesExhaustedError
 from mirai_magics.session import Session
 from mirai_magics.ui.cell import CellRequest
 from mirai_magics.ui.log_cmd import log_row, parse_log_args, show_log

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mirai_magics.client.errors import ConfigError
 from mirai_magics.config import load_config, parse_config
+from mirai_magics.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

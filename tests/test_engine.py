@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mirai_magics.client.errors import (
+from mirai_magics.errors import (
     CircuitOpenError,
     ClientRequestError,
     MiraiError,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mirai_magics.client.errors import QuotaExceededError
 from mirai_magics.client.limits import Reservation, RollingBudget, TokenBucket, TokenBudgets
+from mirai_magics.errors import QuotaExceededError
 
 KEY = "sk-test-limits-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mirai_magics.client.errors import ConfigError, MiraiError
 from mirai_magics.config import parse_config
+from mirai_magics.errors import ConfigError, MiraiError
 from mirai_magics.session import Session
 from mirai_magics.ui.cell import CellRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirai_magics.client.errors import ContextTooLongError
+from mirai_magics.errors import ContextTooLongError
 from mirai_magics.history import History, trim
 from mirai_magics.prompt import build_messages, system_prompt
 from mirai_magics.tokens import count_messages, estimate_text

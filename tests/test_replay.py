@@ -16,8 +16,8 @@ from kernelutil import REPO, Kernel, kernel_env
 from nbclient import NotebookClient
 
 from mirai_magics.calllog_rows import request_key
-from mirai_magics.client.errors import ConfigError, ReplayMissError
 from mirai_magics.config import parse_config
+from mirai_magics.errors import ConfigError, ReplayMissError
 from mirai_magics.memory.context import HEADER
 from mirai_magics.replay import Replay, chunks, replay_from_env
 from mirai_magics.server import OfflineServer

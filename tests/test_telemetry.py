@@ -13,8 +13,8 @@ from kernelutil import Kernel, server_kernel_env
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from mirai_magics.client.errors import ClientRequestError, MiraiError, QuotaExceededError
 from mirai_magics.config import parse_config
+from mirai_magics.errors import ClientRequestError, MiraiError, QuotaExceededError
 from mirai_magics.telemetry import Telemetry
 from mirai_magics.telemetry.tracing import span
 from mirai_magics.ui.cell import CellRequest, run_cell

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from ..config import Breaker as BreakerSettings
-from .errors import CircuitOpenError
+from ..errors import CircuitOpenError
 
 
 class State(str, Enum):

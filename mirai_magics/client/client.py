@@ -11,14 +11,14 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ..config import Config, Profile
-from ..telemetry.tracing import trace_event, traced_call
-from ..tokens import count_messages, count_text
-from .breaker import CircuitBreaker
-from .errors import (
+from ..errors import (
     CircuitOpenError,
     MiraiError,
     RetriesExhaustedError,
 )
+from ..telemetry.tracing import trace_event, traced_call
+from ..tokens import count_messages, count_text
+from .breaker import CircuitBreaker
 from .failures import as_mirai_error, fallback_reason
 from .params import chat_params, output_cap
 from .records import CallRecord, Reply

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import CircuitOpenError, ClientRequestError, MiraiError, RetriesExhaustedError
 from ..redact import redact
-from .errors import CircuitOpenError, ClientRequestError, MiraiError, RetriesExhaustedError
 from .retry import classify
 
 

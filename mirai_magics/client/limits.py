@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..config import Concurrency
-from .errors import QuotaExceededError
+from ..errors import QuotaExceededError
 
 Clock = Callable[[], float]
 WINDOW_S = 60.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Profile
-from .errors import UsageError
+from ..errors import UsageError
 
 CHAT_OVERRIDES = frozenset(
     {"model", "temperature", "top_p", "max_tokens", "response_format", "seed", "stop", "user"}

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..config import Config
+from ..errors import QuotaExceededError
 from .degrade import ERROR_RATE, LATENCY, RATE_LIMIT, Degradation
-from .errors import QuotaExceededError
 from .limits import ConcurrencyCaps, Reservation, TokenBucket, TokenBudgets
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..client.errors import MemoryCorruptError, UsageError
+from ..errors import MemoryCorruptError, UsageError
 from .index import sidecar_path
 from .indexer import BACKFILL
 from .notebook import WAIT_BEFORE_SEARCH_S

@@ -130,7 +130,7 @@ def checked_matrix(vectors: Any, count: int, dims: int, model: str) -> np.ndarra
     (an endpoint that ignores ``dimensions`` must not fill the cache with the wrong size)."""
     widths = sorted({len(v) for v in vectors})
     if widths and widths != [dims]:
-        from ..client.errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(
             f"{model} returned {'/'.join(map(str, widths))}-dimensional vectors, {dims} expected",
@@ -154,7 +154,7 @@ def choose_embedder(config: Any, offline: bool) -> LocalEmbedder | OpenAIEmbedde
     profile = config.profile("embed")
     dims = profile.dimensions or KNOWN_DIMS.get(profile.model)
     if dims is None:
-        from ..client.errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(
             f"profiles.embed: dimensions unknown for model {profile.model!r}",

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client.errors import ClientRequestError
+from ..errors import ClientRequestError
 from ..tokens import count_text
 from .documents import Doc
 

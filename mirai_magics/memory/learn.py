@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..client.errors import UsageError
+from ..errors import UsageError
 from .chunks import SUFFIXES, file_docs
 from .documents import sha256
 from .indexer import FileJob

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..client.errors import MiraiError
+from ..errors import MiraiError
 from ..redact import redact
 from .documents import CellEvent, error_line, source_id
 from .indexer import BACKFILL, Backfill, Indexer

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..client.errors import MemoryCorruptError
+from ..errors import MemoryCorruptError
 from .documents import Doc
 from .vectors import VectorCache, chunks
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client.errors import MiraiError, UsageError
+from ..errors import MiraiError, UsageError
 from ..telemetry.tracing import span
 from .interpolate import interpolate
 from .render import render_answer, show_badge, show_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..client.errors import UsageError
+from ..errors import UsageError
 from ..redact import redact_all
 
 MAX_SOURCE_CHARS = 6000

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from ..client.errors import UsageError
+from ..errors import UsageError
 from .render import show_note
 from .status import show_grid, show_table
 

@@ -11,7 +11,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Unicode
 
-from ..client.errors import MiraiError
+from ..errors import MiraiError
 
 LINE_COMMANDS = (
     "status",

@@ -20,7 +20,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..client.errors import UsageError
+from ..errors import UsageError
 from ..memory.documents import CellEvent, error_line
 from .status import show_grid
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..client.errors import UsageError
+from ..errors import UsageError
 
 USAGE = "usage: %mirai metrics [--port N] [--stop]"
 
