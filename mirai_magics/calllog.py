@@ -22,6 +22,8 @@ from typing import Any
 
 from .background import BackgroundWorker
 from .calllog_rows import current_cell, new_session_id, row_values, text_key
+from .client.observers import Messages, Observer
+from .client.records import CallRecord
 from .errors import ConfigError
 from .redact import DEFAULT_SECRET_NAMES, secret_env_values
 
@@ -96,7 +98,7 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-class CallLog:
+class CallLog(Observer):
     """An observer for ``client.observers`` that appends every finished call to SQLite."""
 
     def __init__(
@@ -128,13 +130,13 @@ class CallLog:
         kind = "cassette" if self.cassette else "call log"
         return f"<mirai {kind} {self.path}>"
 
-    def __call__(self, event: str, record: Any, info: dict[str, Any]) -> None:
-        if event != "call" or (self.cassette and (record.replayed or record.kind != "chat")):
+    def on_call(self, record: CallRecord, messages: Messages | None, text: str | None) -> None:
+        if self.cassette and (record.replayed or record.kind != "chat"):
             return
         # Written by a background thread, in batches: the caller gets its answer without
         # waiting on disk, and a burst of calls costs one transaction.
         with self._pending_lock:
-            self._pending.append((record, info.get("messages"), info.get("text"), current_cell()))
+            self._pending.append((record, messages, text, current_cell()))
             if len(self._pending) > 1:
                 return  # a drain is already queued and will take this one too
         self._worker.submit(self._drain)
@@ -258,16 +260,13 @@ def open_call_logs(config: Any, session_id: str | None = None) -> list[CallLog]:
     return logs
 
 
-def attach_call_logs(client: Any, config: Any, previous: list[CallLog]) -> list[CallLog]:
-    """Replace ``previous`` logs among the client's observers by fresh ones (config reload)."""
+def reopen_call_logs(config: Any, previous: list[CallLog]) -> list[CallLog]:
+    """Close ``previous`` logs and open them again from ``config`` (construction, reload);
+    the session id carries over, so one notebook session stays one session in the log."""
     for item in previous:
         item.close()
-        if item in client.observers:
-            client.observers.remove(item)
     session_id = previous[0].session_id if previous else None
-    logs = open_call_logs(config, session_id)
-    client.observers.extend(logs)
-    return logs
+    return open_call_logs(config, session_id)
 
 
 def main_log_path(config: Any) -> Path:

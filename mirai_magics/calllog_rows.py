@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .memory.context import HEADER as MEMORY_HEADER
+from .client.records import CallRecord
+from .prompt import is_memory_message
 from .redact import redact
 
 
@@ -38,16 +39,6 @@ def redacted(value: Any, secrets: Sequence[str] = ()) -> Any:
     if isinstance(value, list):
         return [redacted(item, secrets) for item in value]
     return value
-
-
-def is_memory_message(message: dict[str, Any]) -> bool:
-    """True for the system message holding the notebook memory block (see prompt.py)."""
-    content = message.get("content")
-    return (
-        message.get("role") == "system"
-        and isinstance(content, str)
-        and content.startswith(MEMORY_HEADER)
-    )
 
 
 def request_key(
@@ -91,14 +82,16 @@ def new_session_id() -> str:
 
 
 def row_values(
-    record: Any,
+    record: CallRecord,
     messages: list[dict[str, Any]] | None,
     text: str | None,
     secrets: Sequence[str] = (),
     **ids: Any,
 ) -> dict[str, Any]:
     """One call log row from a CallRecord, its messages and answer, every string redacted."""
+    request_hash = request_key(record.params, messages, secrets) if messages else None
     messages = redacted(messages, secrets) if messages is not None else None
+    reroute = record.reroute
     row = {
         "id": record.id,
         "time": record.started_at,
@@ -106,7 +99,7 @@ def row_values(
         "profile": record.profile,
         "requested_profile": record.requested_profile,
         "model": record.model,
-        "request_hash": request_key(record.params, messages) if messages else None,
+        "request_hash": request_hash,
         "prompt_hash": prompt_key(messages) if messages else None,
         "params": canonical(record.params),
         "messages": canonical(messages) if messages is not None else None,
@@ -117,7 +110,7 @@ def row_values(
         "attempts": record.attempts,
         "retry_reasons": canonical(record.retry_reasons),
         "degraded_from": record.degraded_from,
-        "degraded_reason": record.degraded_reason,
+        "degraded_reason": reroute.reason if reroute else None,
         "finish_reason": record.finish_reason,
         "offline": int(record.offline),
         "streamed": int(record.streamed),

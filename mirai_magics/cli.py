@@ -75,8 +75,7 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_from_args
 
-    run_from_args(args)
-    return 0
+    return run_from_args(args)  # 2: a bad option value (one line on stderr), 1: cannot listen
 
 
 def _demo(args: argparse.Namespace) -> int:

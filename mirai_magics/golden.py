@@ -130,8 +130,9 @@ def run_golden(session: Any, golden: Golden) -> Outcome:
         no_interp=True,
     )
     try:
-        request = request_from_args(args, golden.prompt, session)
-        reply = session.send_prepared(session.prepare(request.text, request))
+        request = request_from_args(args, golden.prompt, session.config)
+        prepared = session.prepare(request.text, request)
+        reply = session.chat(prepared.messages, prepared.profile, **prepared.send_kwargs())
     except MiraiError as exc:
         return Outcome(golden, [f"error: {exc}"])
     record = reply.record

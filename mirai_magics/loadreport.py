@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .client.records import CallRecord
 from .quantiles import percentile as nearest_rank
 
 
@@ -49,8 +50,7 @@ def summarize(records: list[Any], elapsed_s: float) -> Summary:
     cut = [r for r in records if r.error_code == "cancelled"]
     done = [r for r in records if r.error_code != "cancelled"]
     latencies = [r.latency_ms / 1000 for r in done]
-    degradations: Counter[str] = Counter(rule for r in done for rule in r.degradations)
-    degradations.update(f"fallback:{r.degraded_reason}" for r in done if r.degraded_from)
+    degradations = Counter(label for r in done for label in dict.fromkeys(_labels(r)))
     return Summary(
         calls=len(done),
         failed=sum(1 for r in done if not r.ok),
@@ -62,7 +62,7 @@ def summarize(records: list[Any], elapsed_s: float) -> Summary:
         retried_calls=sum(1 for r in done if r.attempts > 1),
         extra_attempts=sum(max(0, r.attempts - 1) for r in done),
         degradations=dict(degradations),
-        quota_rejections=dict(Counter(r.extra["quota"] for r in done if "quota" in r.extra)),
+        quota_rejections=dict(Counter(r.quota for r in done if r.quota)),
         errors=dict(Counter(r.error_code for r in done if not r.ok)),
     )
 
@@ -103,3 +103,8 @@ def format_report(s: Summary, setup: str, server: str, rate: float, targets_line
 
 
 # --- running ----------------------------------------------------------------------------
+
+
+def _labels(record: CallRecord) -> list[str]:
+    """How a call was degraded, for the report: rules, and ``fallback:<reason>`` hops."""
+    return [d.label for d in record.degradations]

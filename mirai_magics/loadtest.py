@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .client.observers import Collect
 from .loadreport import format_report, summarize, verdict
 
 GRACE_S = 30.0  # calls still running this long after the deadline are cancelled
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Session(config) as session:
             client = session.client
-            client.observers.append(lambda e, r, i: records.append(r) if e == "call" else None)
+            client.observers.append(Collect(records))
             print(_setup(opts, url), flush=True)
             elapsed = session.engine.run(drive(client, session.policy, opts, records))
             budget = budget_line(session.policy)

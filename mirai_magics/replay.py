@@ -25,6 +25,7 @@ from .calllog import BUSY_TIMEOUT_MS
 from .calllog_rows import current_cell, last_user_text, prompt_key, request_key
 from .errors import ConfigError, ReplayMissError
 from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
+from .text import clip
 
 MODES = ("strict", "fallthrough")
 _RECORDED = "kind = 'chat' AND error IS NULL AND response IS NOT NULL AND replayed = 0"
@@ -151,8 +152,7 @@ class Replay:
         cell = current_cell()
         where = f"cell {cell}" if cell else "this request"
         secrets = secret_env_values(self.secret_names)
-        prompt = " ".join(last_user_text(messages).split())
-        prompt = redact(prompt if len(prompt) <= 60 else prompt[:59] + "…", secrets)
+        prompt = redact(clip(last_user_text(messages), 60), secrets)
         rows = self._connection().execute(
             f"SELECT COUNT(*) FROM calls WHERE prompt_hash = ? AND {_RECORDED}",
             (prompt_key(messages, secrets),),
@@ -203,4 +203,4 @@ def _fill(record: Any, found: Recording) -> None:
     record.tokens_in, record.tokens_out = found.tokens_in, found.tokens_out
     record.finish_reason, record.offline = found.finish_reason, found.offline
     record.replayed, record.attempts = True, 1
-    record.extra["replayed_from"] = found.call_id
+    record.replayed_from = found.call_id

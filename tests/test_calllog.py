@@ -15,7 +15,7 @@ from mirai_magics.config import parse_config
 from mirai_magics.errors import ClientRequestError, ConfigError, RetriesExhaustedError
 from mirai_magics.session import Session
 from mirai_magics.ui.cell import CellRequest
-from mirai_magics.ui.log_cmd import log_row, parse_log_args, show_log
+from mirai_magics.ui.log_cmd import log_row, show_log
 
 KEY = "sk-test-calllog-0123456789abcdef"
 SECRET = "plain-db-secret-4711"  # not key-shaped: redacted because its variable says TOKEN
@@ -124,7 +124,7 @@ def test_a_corrupt_log_is_one_clear_error_and_calls_keep_working(make, tmp_path,
     warned = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
     assert len(warned) == 1 and str(path) in warned[0]  # once per outage, not once per call
     with pytest.raises(ConfigError) as error:
-        show_log(session, [])
+        show_log(session)
     message = str(error.value)
     assert message.startswith(f"call log {path} cannot be read") and "\n" not in message
     assert message.endswith(
@@ -174,12 +174,7 @@ def test_conversation_follows_the_history(make, tmp_path):
     assert len(rows[1]["messages"]) == 4
 
 
-def test_log_command_helpers():
-    assert parse_log_args([]) == (10, False)
-    assert parse_log_args(["-n", "3", "--json"]) == (3, True)
-    assert parse_log_args(["-n5"]) == (5, False)
-    with pytest.raises(Exception, match="usage: %mirai log"):
-        parse_log_args(["--bogus"])
+def test_log_row():  # `%mirai log`'s arguments: tests/test_commands.py
     row = {
         "time": 0,
         "cell": "[2]",

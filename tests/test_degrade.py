@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mirai_magics.client.degrade import RateLimitState, WindowRule, hysteresis, p95
+from mirai_magics.client.degrade import RULES, RateLimited, WindowRule, hysteresis, p95, rule
+from mirai_magics.client.records import FALLBACK, Degradation
 from mirai_magics.config import RateLimitRule
 from mirai_magics.ui.badges import badge_text
 from mirai_magics.ui.cell import CellRequest
@@ -40,27 +41,53 @@ def test_p95_and_hysteresis():
 
 
 def test_rate_limit_state_window_and_recovery(clock):
-    state = RateLimitState(RateLimitRule(engage_after=3, window_s=60, recover_after_s=120), clock)
+    state = RateLimited(RateLimitRule(engage_after=3, window_s=60, recover_after_s=120), clock)
     state.record_429("m")
     clock.now += 61  # the first 429 leaves the window
     assert not state.record_429("m") and not state.record_429("m")
-    assert state.record_429("m") and state.active("m")
+    assert state.record_429("m") and state.reroutes("m")
     clock.now += 119
-    assert state.active("m")
+    assert state.reroutes("m") and state.engaged()
     clock.now += 1
-    assert not state.active("m") and not state.active("other")
+    assert not state.reroutes("m") and not state.reroutes("other") and not state.engaged()
 
 
-def test_window_rule_needs_min_calls_and_lifts_only_below_recovery():
-    rule = WindowRule(window=4, min_calls=3, engage_at=0.5, lift_below=0.2, measure=max)
+class _MaxOver(WindowRule):
+    engage_key, lift_key = "engage_at", "lift_below"
+
+    def measure(self, samples):
+        return max(samples)
+
+
+class _Settings:
+    window_calls, min_calls, engage_at, lift_below = 4, 3, 0.5, 0.2
+
+
+def test_window_rule_needs_min_calls_and_lifts_only_below_recovery(clock):
+    rule = _MaxOver(_Settings(), clock)
     assert not rule.add(0.9) and not rule.add(0.9)  # below min_calls
-    assert rule.add(0.9) and rule.engaged
+    assert rule.add(0.9) and rule.engaged()
     for _ in range(4):
         rule.add(0.3)  # under the threshold, above the recovery level
-    assert rule.engaged
+    assert rule.engaged()
     for _ in range(4):
         rule.add(0.1)
-    assert not rule.engaged
+    assert not rule.engaged()
+
+
+def test_rules_are_registered_once_with_their_config_block():
+    from mirai_magics.config import Rules
+
+    assert list(RULES) == list(Rules.model_fields)  # one class per configured rule, in order
+
+    @rule("test_only_rule")
+    class Probe(WindowRule):
+        pass
+
+    try:
+        assert RULES["test_only_rule"] is Probe and Probe.name == "test_only_rule"
+    finally:
+        del RULES["test_only_rule"]
 
 
 # --- end to end through the session -----------------------------------------------------------
@@ -79,8 +106,11 @@ def test_rate_limit_429_diverts_to_the_fallback_and_lifts(make_session, offline_
     second = session.chat(HELLO, "heavy")
     assert last_body(offline_server)["model"] == "gpt-4o-mini"
     assert (second.record.profile, second.record.requested_profile) == ("main", "heavy")
-    assert second.record.degradations == ["rate_limit_429"]
-    assert "degraded: rate_limit_429" in badge_text(second.record)
+    assert second.record.degradations == [Degradation("rate_limit_429", "", "heavy", "main")]
+    assert second.record.degraded_from == "heavy"
+    badge = badge_text(second.record)
+    assert "degraded heavy→main (rate_limit_429)" in badge
+    assert badge.count("degraded") == 1  # one degradation, said once
     assert session.chat(HELLO, "main").record.model == "gpt-4o-mini"  # main is not diverted
 
     clock.now += 121
@@ -104,7 +134,8 @@ def test_latency_high_cuts_max_tokens_and_lifts(make_session, offline_server):
 
     slowed = session.chat(HELLO)
     assert last_body(offline_server)["max_tokens"] == int(1024 * 0.7)
-    assert slowed.record.degradations == ["latency_high"]
+    assert slowed.record.degradations == [Degradation("latency_high", "max_tokens 1024→716")]
+    assert "degraded: latency_high (max_tokens 1024→716)" in badge_text(slowed.record)
     session.chat(HELLO, max_tokens=100)
     assert last_body(offline_server)["max_tokens"] == 70  # overrides are cut too
 
@@ -128,7 +159,7 @@ def test_error_rate_trims_history_and_lifts(make_session, offline_server):
 
     def history_sent() -> tuple[int, object]:
         prepared = session.prepare("next", request)
-        reply = session.send_prepared(prepared)
+        reply = session.chat(prepared.messages, prepared.profile, **prepared.send_kwargs())
         roles = [m["role"] for m in last_body(offline_server)["messages"]]
         assert roles[0] == "system" and roles[-1] == "user"
         return len(roles) - 2, reply.record
@@ -143,7 +174,7 @@ def test_error_rate_trims_history_and_lifts(make_session, offline_server):
     assert active_row(session) == "error_rate_5percent (40% errors)"
 
     sent, record = history_sent()
-    assert sent == 4 and record.degradations == ["error_rate_5percent"]
+    assert sent == 4 and record.degradations == [Degradation("error_rate_5percent", "history ≤ 4")]
     assert "degraded: error_rate_5percent" in badge_text(record)
 
     for _ in range(14):  # the two errors leave the window of 10: the rate drops to 0
@@ -166,4 +197,9 @@ def test_diverted_call_still_tries_the_skipped_profiles_last(make_session, offli
     models = [r["model"] for r in offline_server.stats_snapshot()["recent"][-5:]]
     assert models == ["gpt-3.5-turbo"] * 4 + ["gpt-4o"]  # the skipped heavy is the last resort
     assert reply.record.profile == "heavy" and reply.record.degraded_from is None
-    assert "rate_limit_429" in reply.record.degradations
+    assert reply.record.degradations == [  # the whole path: two diversions, one fallback
+        Degradation("rate_limit_429", "", "heavy", "main"),
+        Degradation("rate_limit_429", "", "main", "fast"),
+        Degradation(FALLBACK, "5xx", "fast", "heavy"),
+    ]
+    assert "degraded" not in badge_text(reply.record)  # the requested profile answered

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from mirai_magics.client.records import FALLBACK, Degradation
 from mirai_magics.errors import (
     CircuitOpenError,
     ClientRequestError,
@@ -179,7 +180,8 @@ def test_fallback_heavy_to_main_on_persistent_429(session, offline_server):
     reply = session.chat(HELLO, "heavy")
     record = reply.record
     assert (record.profile, record.model) == ("main", "gpt-4o-mini")
-    assert (record.degraded_from, record.degraded_reason) == ("heavy", "429")
+    assert record.degradations == [Degradation(FALLBACK, "429", "heavy", "main")]
+    assert (record.degraded_from, record.reroute.reason) == ("heavy", "429")
     assert record.attempts == 5
     models = [r["model"] for r in offline_server.stats_snapshot()["recent"]]
     assert models == ["gpt-4o"] * 4 + ["gpt-4o-mini"]
@@ -188,7 +190,7 @@ def test_fallback_heavy_to_main_on_persistent_429(session, offline_server):
 def test_fallback_on_persistent_5xx(session, offline_server):
     offline_server.script(["500"] * 4 + ["ok"])
     reply = session.chat(HELLO, "heavy")
-    assert (reply.record.model, reply.record.degraded_reason) == ("gpt-4o-mini", "5xx")
+    assert (reply.record.model, reply.record.reroute.reason) == ("gpt-4o-mini", "5xx")
     assert reply.record.attempts == 5
 
 
@@ -206,7 +208,7 @@ def test_fallback_on_open_breaker(session, offline_server):
     offline_server.script(["500", "ok"])
     reply = session.chat(HELLO, "heavy")  # the 5th failure opens the breaker mid-call
     assert session.breaker_states()["gpt-4o"] == "open"
-    assert (reply.record.model, reply.record.degraded_reason) == ("gpt-4o-mini", "circuit_open")
+    assert (reply.record.model, reply.record.reroute.reason) == ("gpt-4o-mini", "circuit_open")
     seen = requests_seen(offline_server)
     reply = session.chat(HELLO, "heavy")  # refused at once, straight to main
     assert reply.record.degraded_from == "heavy" and reply.record.attempts == 1

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mirai_magics.client.records import CallRecord
+from mirai_magics.client.records import CallRecord, Degradation
 from mirai_magics.loadreport import summarize, verdict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,8 +119,8 @@ def test_summary_counts_errors_retries_and_cut_off_calls():
     records = [record(1.0) for _ in range(96)]
     records += [record(9.0, "retries_exhausted", 4), record(2.0, attempts=3)]
     records += [record(0.5, "cancelled"), record(0.5, "quota_exceeded")]
-    records[-1].extra["quota"] = "rate"
-    records[0].degradations.append("latency_high")
+    records[-1].quota = "rate"
+    records[0].degradations.append(Degradation("latency_high", "max_tokens 100→70"))
     s = summarize(records, elapsed_s=10)
     assert (s.calls, s.failed, s.cut_off) == (99, 2, 1)
     assert s.errors == {"retries_exhausted": 1, "quota_exceeded": 1}

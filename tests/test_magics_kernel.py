@@ -183,7 +183,24 @@ def test_unknown_profile_or_option_is_one_line_listing_valid_ones(kernel):
     line = r.data("text/plain")[0]
     assert "--frobnicate" in line and "--no-history" in line and r.status == "ok"
     r = kernel.run("%mirai frobnicate")
-    assert "use one of: status, use" in r.data("text/plain")[0]
+    assert "unknown command 'frobnicate' — usage: %mirai status|use|" in r.data("text/plain")[0]
+
+
+def test_line_commands_print_their_usage_and_refuse_bad_arguments_in_one_line(kernel):
+    page = kernel.run("%mirai help").text
+    assert "line commands (" in page and "  replay   Answer calls from a recording" in page
+    assert kernel.run("%mirai log -h").text.startswith("usage: %mirai log [-n N] [--json]\n")
+    assert kernel.run("%mirai help log").text == kernel.run("%mirai log -h").text
+    assert "  forget   Drop one cell" in kernel.run("%mirai memory -h").text
+    for line, shown in [
+        ("%mirai log --bogus", "unrecognized arguments: --bogus — usage: %mirai log [-n N]"),
+        ("%mirai metrics --port x", "argument --port: needs a number 0–65535, got 'x'"),
+        ("%mirai memory frobnicate", "unknown memory command 'frobnicate' — usage: %mirai memory"),
+    ]:
+        r = kernel.run(line)
+        assert r.status == "ok" and r.of_type("error", "stream") == []
+        (text,) = r.data("text/plain")
+        assert text.startswith("[mirai] ✗ ") and shown in text, line
 
 
 def test_streaming_on_updates_one_handle_and_off_displays_once(kernel, server):

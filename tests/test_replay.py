@@ -19,6 +19,7 @@ from mirai_magics.calllog_rows import request_key
 from mirai_magics.config import parse_config
 from mirai_magics.errors import ConfigError, ReplayMissError
 from mirai_magics.memory.context import HEADER
+from mirai_magics.prompt import MemoryBlock
 from mirai_magics.replay import Replay, chunks, replay_from_env
 from mirai_magics.server import OfflineServer
 from mirai_magics.session import Session, StreamRestart
@@ -85,8 +86,8 @@ def cells(session: Session, texts: list[str], memory: bool = False) -> list:
     for text in texts:
         request = CellRequest(text, "main", "markdown", {}, memory=memory)
         prepared = session.prepare(text, request)
-        replies.append(session.send_prepared(prepared))
-        session.remember(prepared, replies[-1])
+        replies.append(session.chat(prepared.messages, "main", **prepared.send_kwargs()))
+        session.history.append_turn(prepared.user_text, replies[-1].text)
     return replies
 
 
@@ -97,8 +98,14 @@ def test_request_key_is_stable_and_sees_every_part():
     assert key != request_key({**params, "temperature": 0.3}, ask("hi"))
     assert key != request_key({**params, "model": "gpt-4o"}, ask("hi"))
     assert key != request_key(params, ask("hi!"))
-    memory = {"role": "system", "content": f"{HEADER}\n\nIn [1] — similarity 0.91\n```\nx = 1\n```"}
+    memory = {
+        "role": "system",
+        "content": MemoryBlock(f"{HEADER}\n\nIn [1] — similarity 0.91\n```\nx = 1\n```"),
+    }
     assert key == request_key(params, [*ask("hi")[:1], memory, *ask("hi")[1:]])  # memory: out
+    # marked by its type, not its text: a message that only quotes the header is kept
+    quoted = {"role": "system", "content": str(memory["content"])}
+    assert key != request_key(params, [*ask("hi")[:1], quoted, *ask("hi")[1:]])
     secret = [{"role": "user", "content": f"the {PLACEHOLDER} and plain-db-secret"}]
     redacted = [{"role": "user", "content": "the [REDACTED] and [REDACTED]"}]
     assert request_key(params, secret, ["plain-db-secret"]) == request_key(params, redacted)

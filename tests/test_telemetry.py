@@ -18,7 +18,7 @@ from mirai_magics.errors import ClientRequestError, MiraiError, QuotaExceededErr
 from mirai_magics.telemetry import Telemetry
 from mirai_magics.telemetry.tracing import span
 from mirai_magics.ui.cell import CellRequest, run_cell
-from mirai_magics.ui.metrics_cmd import metrics_command, parse_metrics_args
+from mirai_magics.ui.metrics_cmd import metrics_command
 
 KEY = "sk-test-telemetry-0123456789abcdef"
 SECRET = "hunter2-telemetry-secret"
@@ -108,21 +108,18 @@ def test_each_session_has_its_own_registry():
 
 def test_metrics_command_is_idempotent_and_stops(make_session):
     session = make_session()
-    first = metrics_command(session, ["--port", "0"])
+    first = metrics_command(session, port=0)
     port = session.telemetry.metrics.port
     assert f"http://127.0.0.1:{port}/metrics" in first
-    assert metrics_command(session, [f"--port={port}"]) == first  # same port: no error
+    assert metrics_command(session, port=port) == first  # same port: no error
     assert (
         "mirai_requests_total"
         in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     )
-    assert metrics_command(session, ["--stop"]) == "metrics endpoint stopped"
+    assert metrics_command(session, stop=True) == "metrics endpoint stopped"
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    assert metrics_command(session, ["--stop"]) == "metrics endpoint was not running"
-    with pytest.raises(MiraiError, match="usage: %mirai metrics"):
-        parse_metrics_args(["--port", "ninety"])
-    assert parse_metrics_args([]) == (None, False)
+    assert metrics_command(session, stop=True) == "metrics endpoint was not running"
 
 
 @pytest.mark.kernel

@@ -11,23 +11,50 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ..config import Config, Profile
-from ..errors import (
-    CircuitOpenError,
-    MiraiError,
-    RetriesExhaustedError,
-)
-from ..telemetry.tracing import trace_event, traced_call
+from ..errors import CircuitOpenError, MiraiError, RetriesExhaustedError
+from ..telemetry.tracing import traced_call
 from ..tokens import count_messages, count_text
 from .breaker import CircuitBreaker
 from .failures import as_mirai_error, fallback_reason
+from .observers import Observer
 from .params import chat_params, output_cap
-from .records import CallRecord, Reply
-from .retry import backoff, classify, stop_before_deadline, wait_retry_after
+from .records import FALLBACK, Attempt, CallRecord, Degradation, Reply
+from .retry import Outcome, backoff, classify, stop_before_deadline, wait_retry_after
 
 OFFLINE_FINGERPRINT = "mirai-offline"
 RESTART = object()  # sent to on_text when a stream is retried after partial output
 TextSink = Callable[[Any], None]
-Observer = Callable[[str, CallRecord, dict[str, Any]], None]
+
+
+class _Shown:
+    """What a streamed call has shown so far: a retry after partial text says RESTART."""
+
+    def __init__(self, on_text: TextSink | None):
+        self.on_text = on_text
+        self.emitted = False
+
+    def text(self, piece: str) -> None:
+        self.emitted = True
+        if self.on_text is not None:
+            self.on_text(piece)
+
+    def restart(self) -> None:
+        if self.emitted and self.on_text is not None:
+            self.on_text(RESTART)
+        self.emitted = False
+
+
+class _Outcomes:
+    """classify() once per failed attempt: the retry test, the wait and the error share it."""
+
+    def __init__(self, retry_after_cap_s: float):
+        self.cap = retry_after_cap_s
+        self._last: tuple[BaseException, Outcome] | None = None
+
+    def __call__(self, exc: BaseException) -> Outcome:
+        if self._last is None or self._last[0] is not exc:
+            self._last = (exc, classify(exc, self.cap))
+        return self._last[1]
 
 
 class ResilientClient:
@@ -70,23 +97,29 @@ class ResilientClient:
         stream: bool = False,
         on_text: TextSink | None = None,
         background: bool = False,
+        prompt_tokens: int | None = None,
         **overrides: Any,
     ) -> Reply:
-        """One chat call with retries and fallback; raises a MiraiError on failure."""
+        """One chat call with retries and fallback; raises a MiraiError on failure.
+
+        ``prompt_tokens``: the messages' token count when the caller already has it (prompt
+        assembly counts once; the client counts only when it is not given).
+        """
         record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
         record.user = self.user
         started = self.clock()
         text: str | None = None
+        estimate = prompt_tokens if prompt_tokens is not None else count_messages(messages)[0]
         try:
             text = await self._chat_with_fallback(
-                record, messages, profile, overrides, stream, on_text, started, background
+                record, messages, estimate, overrides, _Shown(on_text), started, background
             )
         except BaseException as exc:
             self._fail(record, exc)
             raise
         finally:
             record.latency_ms = (self.clock() - started) * 1000
-            self._emit("call", record, {"messages": messages, "text": text})
+            self._call_ended(record, messages, text)
         return Reply(text, record)
 
     @traced_call("embeddings")
@@ -119,7 +152,7 @@ class ResilientClient:
             raise
         finally:
             record.latency_ms = (self.clock() - started) * 1000
-            self._emit("call", record)
+            self._call_ended(record, None, None)
         return vectors, record
 
     # --- fallback and retries --------------------------------------------------
@@ -128,22 +161,15 @@ class ResilientClient:
         self,
         record: CallRecord,
         messages: list[dict[str, Any]],
-        name: str,
+        estimate: int,
         overrides: dict[str, Any],
-        stream: bool,
-        on_text: TextSink | None,
+        shown: _Shown,
         started: float,
         background: bool,
     ) -> str:
         deadline = started + self.config.defaults.deadline_s
-        estimate, _ = count_messages(messages)
-        candidates = self._candidates(name, record)
+        candidates = self._candidates(record.requested_profile, record)
         for index, name in enumerate(candidates):
-            if name == record.requested_profile:  # first try, or the last resort after a detour
-                record.degraded_from = record.degraded_reason = None
-            else:
-                record.degraded_from = record.requested_profile
-                record.degraded_reason = record.degraded_reason or "rate_limit_429"
             prof = self.config.profile(name)
             pinned = name == record.requested_profile  # --model pins the requested profile only
             hop = overrides if pinned else {k: v for k, v in overrides.items() if k != "model"}
@@ -153,7 +179,7 @@ class ResilientClient:
             record.profile, record.model, record.params = name, params["model"], params
             record.tokens_estimated = estimate + output_cap(params)
             if self.replay is not None:
-                replayed = await self.replay.answer(record, params, messages, on_text)
+                replayed = await self.replay.answer(record, params, messages, shown.on_text)
                 if replayed is not None:  # None: a miss in fallthrough mode goes live
                     return replayed
             try:
@@ -164,14 +190,14 @@ class ResilientClient:
                         prof,
                         deadline,
                         lambda timeout, p=params: self._chat_once(
-                            record, p, messages, timeout, stream, on_text
+                            record, p, messages, timeout, shown
                         ),
                     )
             except (CircuitOpenError, RetriesExhaustedError) as exc:
                 reason = fallback_reason(exc)
                 if reason is None or index + 1 == len(candidates):
                     raise
-                record.degraded_reason = reason
+                record.degrade(Degradation(FALLBACK, reason, name, candidates[index + 1]))
         raise AssertionError("unreachable: the last candidate returns or raises")
 
     def _candidates(self, requested: str, record: CallRecord) -> list[str]:
@@ -201,8 +227,7 @@ class ResilientClient:
         send: Callable[[float], Awaitable[Any]],
     ) -> Any:
         d = self.config.defaults
-        cap = d.retry_after_cap_s
-        outcome_of = lambda exc: classify(exc, cap)  # noqa: E731
+        outcome_of = _Outcomes(d.retry_after_cap_s)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(d.max_attempts) | stop_before_deadline(deadline, self.clock),
             wait=wait_retry_after(backoff(**d.backoff.model_dump()), outcome_of),
@@ -215,11 +240,11 @@ class ResilientClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(record, prof, deadline, send)
+                    return await self._attempt(record, prof, deadline, send, outcome_of)
         except MiraiError:
             raise
         except Exception as exc:
-            raise as_mirai_error(exc, record, cap) from None
+            raise as_mirai_error(outcome_of(exc), exc, record) from None
 
     async def _attempt(
         self,
@@ -227,6 +252,7 @@ class ResilientClient:
         prof: Profile,
         deadline: float,
         send: Callable[[float], Awaitable[Any]],
+        outcome_of: _Outcomes,
     ) -> Any:
         breaker = self.breaker(record.model)
         probe = breaker.acquire()  # raises CircuitOpenError without touching the network
@@ -235,16 +261,16 @@ class ResilientClient:
         try:
             result = await send(timeout)
         except BaseException as exc:
-            outcome = classify(exc, self.config.defaults.retry_after_cap_s)
+            outcome = outcome_of(exc)
             (breaker.failure if outcome.counts_for_breaker else breaker.neutral)(probe)
             record.breaker = breaker.current_state().value
             if outcome.retryable:
                 record.retry_reasons.append(outcome.reason)
-            self._emit("attempt", record, {"reason": outcome.reason, "ok": False})
+            self._attempt_ended(record, Attempt(outcome.reason, ok=False))
             raise
         breaker.success(probe)
         record.breaker = breaker.current_state().value
-        self._emit("attempt", record, {"reason": "ok", "ok": True})
+        self._attempt_ended(record, Attempt("ok", ok=True))
         return result
 
     # --- one HTTP request --------------------------------------------------------
@@ -255,10 +281,9 @@ class ResilientClient:
         params: dict[str, Any],
         messages: list[dict[str, Any]],
         timeout: float,
-        stream: bool,
-        on_text: TextSink | None,
+        shown: _Shown,
     ) -> str:
-        if not stream:
+        if not record.streamed:
             response = await self.sdk.chat.completions.create(
                 messages=messages, timeout=timeout, **params
             )
@@ -267,7 +292,7 @@ class ResilientClient:
             record.finish_reason = choice.finish_reason if choice else None
             _take_usage(record, response.usage)
             return (choice.message.content if choice else None) or ""
-        return await self._stream_once(record, params, messages, timeout, on_text)
+        return await self._stream_once(record, params, messages, timeout, shown)
 
     async def _stream_once(
         self,
@@ -275,10 +300,9 @@ class ResilientClient:
         params: dict[str, Any],
         messages: list[dict[str, Any]],
         timeout: float,
-        on_text: TextSink | None,
+        shown: _Shown,
     ) -> str:
-        if record.extra.pop("stream_emitted", False) and on_text is not None:
-            on_text(RESTART)  # an earlier attempt already showed text
+        shown.restart()  # an earlier attempt may already have shown text
         stream = await self.sdk.chat.completions.create(
             messages=messages,
             timeout=timeout,
@@ -298,12 +322,9 @@ class ResilientClient:
                     piece = choice.delta.content if choice.delta else None
                     if piece:
                         parts.append(piece)
-                        record.extra["stream_emitted"] = True
-                        if on_text is not None:
-                            on_text(piece)
+                        shown.text(piece)
         finally:
             await stream.close()
-        record.extra.pop("stream_emitted", None)
         return "".join(parts)
 
     # --- records ------------------------------------------------------------------
@@ -316,10 +337,15 @@ class ResilientClient:
         else:
             record.error, record.error_code = f"{type(exc).__name__}: {exc}", "internal"
 
-    def _emit(self, event: str, record: CallRecord, info: dict[str, Any] | None = None) -> None:
-        trace_event(event, record, info or {})  # on the current mirai.llm.call span
+    def _attempt_ended(self, record: CallRecord, attempt: Attempt) -> None:
         for observer in self.observers:
-            observer(event, record, info or {})
+            observer.on_attempt(record, attempt)
+
+    def _call_ended(
+        self, record: CallRecord, messages: list[dict[str, Any]] | None, text: str | None
+    ) -> None:
+        for observer in self.observers:
+            observer.on_call(record, messages, text)
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

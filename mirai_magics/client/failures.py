@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import CircuitOpenError, ClientRequestError, MiraiError, RetriesExhaustedError
 from ..redact import redact
-from .retry import classify
+from ..text import clip
+from .records import CallRecord
+from .retry import Outcome
 
 
 def fallback_reason(exc: MiraiError) -> str | None:
@@ -24,9 +24,8 @@ def fallback_reason(exc: MiraiError) -> str | None:
     return None
 
 
-def as_mirai_error(exc: Exception, record: Any, cap: float) -> MiraiError:
-    """The last SDK error, as the one-line MiraiError a notebook user can act on."""
-    outcome = classify(exc, cap)
+def as_mirai_error(outcome: Outcome, exc: Exception, record: CallRecord) -> MiraiError:
+    """The last SDK error (``outcome`` is its classification), as a one-line MiraiError."""
     if outcome.retryable:
         what = _describe(outcome.reason)
         return RetriesExhaustedError(
@@ -53,6 +52,4 @@ def _api_message(exc: Exception) -> str:
     """The API's own error message, shortened to one line and free of secrets."""
     body = getattr(exc, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
-    text = message if isinstance(message, str) else str(exc)
-    text = " ".join(text.split())
-    return redact(text[:200])
+    return redact(clip(message if isinstance(message, str) else str(exc), 200))

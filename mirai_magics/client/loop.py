@@ -1,11 +1,13 @@
-"""The engine's own event-loop thread: runs the async core, hands results to the kernel thread."""
+"""The engine's own event-loop thread: runs the async core, hands results (and streamed
+chunks) to the kernel thread."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import queue
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -108,3 +110,52 @@ class EngineLoop:
         thread.join(timeout_s)
         if not thread.is_alive():
             loop.close()
+
+
+# --- the stream bridge: chunks from a call on the engine loop to a plain thread -------------
+
+_DONE = object()
+
+
+class StreamRestart:
+    """Yielded by ``stream`` when a retry restarts a stream: discard the text so far."""
+
+
+def stream(
+    engine: EngineLoop, start: Callable[[Callable[[Any], None]], Coroutine[Any, Any, T]]
+) -> Iterator[Any]:
+    """Run ``start(sink)`` on the engine; yield what it sinks as it arrives, then its result.
+
+    The client's RESTART marker comes out as a ``StreamRestart``. Ctrl-C (or closing the
+    iterator early) cancels the call.
+    """
+    from .client import RESTART
+
+    chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def sink(item: Any) -> None:
+        chunks.put(StreamRestart() if item is RESTART else item)
+
+    async def run() -> T:
+        try:
+            return await start(sink)
+        finally:
+            chunks.put(_DONE)
+
+    job = engine.submit(run())
+    try:
+        while (item := _get(chunks)) is not _DONE:
+            yield item
+        yield job.result()
+    finally:
+        if not job.done():
+            job.cancel()
+
+
+def _get(chunks: queue.SimpleQueue[Any]) -> Any:
+    """Blocking get that stays interruptible by Ctrl-C."""
+    while True:
+        try:
+            return chunks.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue

@@ -1,7 +1,8 @@
 """The call policy: quotas and degradation rules behind ResilientClient's ``policy`` seam.
 
-Per chat call the client asks ``route`` (rate_limit_429 may divert to the fallback profile),
-then per profile tried ``adjust_params`` (latency_high cuts max_tokens) and ``admit``: the
+Per chat call the client asks ``route`` (a rule such as rate_limit_429 may divert the call
+down the fallback chain), then per profile tried ``adjust_params`` (each engaged rule's
+effect, e.g. latency_high cuts max_tokens) and ``admit``: the
 per-request cap, a concurrency slot, a rate token and the token budgets (global and per
 user), in that order; the reservation is settled with the API's ``usage`` afterwards.
 The per-user budget belongs to the request's ``user`` parameter when one is given (a
@@ -19,8 +20,9 @@ from typing import Any
 
 from ..config import Config
 from ..errors import QuotaExceededError
-from .degrade import ERROR_RATE, LATENCY, RATE_LIMIT, Degradation
+from .degrade import Rule, build_rules
 from .limits import ConcurrencyCaps, Reservation, TokenBucket, TokenBudgets
+from .records import CallRecord, Degradation
 
 
 class Policy:
@@ -35,7 +37,7 @@ class Policy:
     ):
         limits = config.limits
         self.config = config
-        self.sleep = sleep
+        self.clock, self.sleep = clock, sleep
         self.buckets = {
             "chat": TokenBucket("chat", limits.requests_per_second.chat, clock),
             "embeddings": TokenBucket("embeddings", limits.requests_per_second.embeddings, clock),
@@ -43,47 +45,49 @@ class Policy:
         tokens = limits.tokens
         self.budgets = TokenBudgets(tokens.global_per_minute, tokens.per_user_per_minute, clock)
         self.slots = ConcurrencyCaps(limits.concurrency)
-        self.degradation = Degradation(config.degradation.rules, clock)
+        self.rules: list[Rule] = build_rules(config.degradation.rules, clock)
         self.rejections: Counter[str] = Counter()
-        self.observe = self.degradation.observe  # a client observer (attempts and calls)
 
     # --- degradation ----------------------------------------------------------------
 
-    def route(self, name: str, record: Any) -> str:
-        """The profile to call: along the fallback chain while rate_limit_429 diverts a model."""
+    def route(self, name: str, record: CallRecord) -> str:
+        """The profile to call: down the fallback chain while a rule diverts its model."""
         target, seen = name, {name}
-        while self.degradation.diverted(self.config.profile(target).model):
+        while diverting := next(
+            (r for r in self.rules if r.reroutes(self.config.profile(target).model)), None
+        ):
             following = self.config.fallback_for(target)
             if following is None or following in seen:
                 break
+            record.degrade(Degradation(diverting.name, "", target, following))
             target = following
             seen.add(target)
-        if target != name:
-            _mark(record, RATE_LIMIT)
         return target
 
-    def adjust_params(self, params: dict[str, Any], record: Any) -> dict[str, Any]:
-        """Cut the output cap under latency_high; tag calls sent while errors run high."""
-        if self.degradation.latency_high():
-            factor = self.config.degradation.rules.latency_high.max_tokens_factor
-            for key in ("max_tokens", "max_completion_tokens"):
-                if params.get(key):
-                    params = {**params, key: max(1, int(params[key] * factor))}
-            _mark(record, LATENCY)
-        if self.degradation.error_rate_high():
-            _mark(record, ERROR_RATE)
+    def adjust_params(self, params: dict[str, Any], record: CallRecord) -> dict[str, Any]:
+        """Each engaged rule's effect on the request; each effect is noted on the record."""
+        for rule in self.rules:
+            params, changed = rule.adjust(params)
+            if changed is not None:
+                record.degrade(Degradation(rule.name, changed))
         return params
 
     def history_limit(self, default: int) -> int:
-        """Messages of history to send: fewer while error_rate_5percent is engaged."""
-        if self.degradation.error_rate_high():
-            return min(default, self.config.degradation.rules.error_rate_5percent.history_messages)
+        """Messages of history to send (error_rate_5percent sends fewer)."""
+        for rule in self.rules:
+            default = rule.history_limit(default)
         return default
+
+    def active(self) -> list[str]:
+        """Rules engaged now, e.g. ``["rate_limit_429 (gpt-4o)", "latency_high (p95 …)"]``."""
+        return [line for rule in self.rules for line in rule.status()]
 
     # --- quotas ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def admit(self, kind: str, record: Any, background: bool = False) -> AsyncIterator[None]:
+    async def admit(
+        self, kind: str, record: CallRecord, background: bool = False
+    ) -> AsyncIterator[None]:
         """Request cap → concurrency slot → rate token → token budgets; settle afterwards.
 
         The budget is reserved last, right before sending, so calls queued for a slot or a
@@ -112,7 +116,7 @@ class Policy:
             exc.hint = "shorten the prompt, use --no-history or lower --max-tokens"
             raise exc
 
-    async def _rate_token(self, kind: str, record: Any) -> None:
+    async def _rate_token(self, kind: str, record: CallRecord) -> None:
         bucket = self.buckets[kind]
         try:
             wait = bucket.take(self.config.limits.max_wait_s)
@@ -126,7 +130,7 @@ class Policy:
             bucket.refund()
             raise
 
-    def _reserve(self, kind: str, record: Any) -> Reservation:
+    def _reserve(self, kind: str, record: CallRecord) -> Reservation:
         user = record.params.get("user") or record.user or "unknown"
         try:
             return self.budgets.reserve(user, record.tokens_estimated)
@@ -134,9 +138,9 @@ class Policy:
             self.buckets[kind].refund()  # nothing was sent: the rate token is not used up
             raise self._rejected(record, exc) from None
 
-    def _rejected(self, record: Any, exc: QuotaExceededError) -> QuotaExceededError:
+    def _rejected(self, record: CallRecord, exc: QuotaExceededError) -> QuotaExceededError:
         self.rejections[exc.kind] += 1
-        record.extra["quota"] = exc.kind
+        record.quota = exc.kind
         return exc
 
     # --- status -----------------------------------------------------------------------
@@ -152,12 +156,12 @@ class Policy:
                 )
         caps, busy = self.slots.caps, self.slots.in_flight
         rows.append(("in flight", " · ".join(f"{k} {busy[k]}/{caps[k]}" for k in caps)))
-        rows.append(("degradations active", ", ".join(self.degradation.active()) or "none"))
+        rows.append(("degradations active", ", ".join(self.active()) or "none"))
         rejected = " · ".join(f"{k} {n}" for k, n in sorted(self.rejections.items()))
         rows.append(("quota rejections", rejected or "0"))
         return rows
 
 
-def _mark(record: Any, rule: str) -> None:
-    if rule not in record.degradations:
-        record.degradations.append(rule)
+def quota_settings(config: Config | None) -> tuple[Any, Any]:
+    """What a Policy is built from: a reload that changes neither keeps the Policy's state."""
+    return (config.limits, config.degradation) if config is not None else (None, None)

@@ -1,4 +1,10 @@
-"""CallRecord and Reply: what one call did, as plain data every later stage reads."""
+"""CallRecord and Reply: what one call did, as plain data every later stage reads.
+
+A call's degradations live in one typed list, ``CallRecord.degradations``: a rule that
+changed the call (``latency_high`` cut max_tokens), a rule that rerouted it
+(``rate_limit_429``: heavy → main), or a fallback after a failure (``fallback``: 429). The
+badge, the JSON log, metrics, tracing, the call log and the load report all read it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,44 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _ids = itertools.count(1)
+FALLBACK = "fallback"  # Degradation.rule of a hop after a failed profile (detail: why)
 
 
 def new_call_id() -> str:
     """A short id unique within this process (pid + counter)."""
     return f"call-{os.getpid():x}-{next(_ids)}"
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One way a call was made lighter or moved: by a rule, or by falling back."""
+
+    rule: str  # "rate_limit_429", "latency_high", "error_rate_5percent" or FALLBACK
+    detail: str = ""  # "429", "5xx", "circuit_open", "max_tokens 2000→1400", "history ≤ 6"
+    from_profile: str | None = None  # set for a reroute: the call moved between profiles
+    to_profile: str | None = None
+
+    @property
+    def reroutes(self) -> bool:
+        return self.to_profile is not None
+
+    @property
+    def reason(self) -> str:
+        """Why, in one word: the rule, or for a fallback what failed (``429``, ``5xx``)."""
+        return self.detail if self.rule == FALLBACK else self.rule
+
+    @property
+    def label(self) -> str:
+        """Stable name for logs and reports: the rule, or ``fallback:<reason>``."""
+        return f"{FALLBACK}:{self.detail}" if self.rule == FALLBACK else self.rule
+
+
+@dataclass
+class Attempt:
+    """One HTTP attempt as observers see it: why it failed (or "ok")."""
+
+    reason: str
+    ok: bool
 
 
 @dataclass
@@ -32,23 +71,39 @@ class CallRecord:
     latency_ms: float = 0.0
     attempts: int = 0
     retry_reasons: list[str] = field(default_factory=list)
-    degraded_from: str | None = None
-    degraded_reason: str | None = None
-    degradations: list[str] = field(default_factory=list)
+    degradations: list[Degradation] = field(default_factory=list)
     offline: bool = False
     streamed: bool = False
     replayed: bool = False
+    replayed_from: str | None = None  # call id of the recording that answered
     finish_reason: str | None = None
     breaker: str = "closed"
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_code: str | None = None
+    quota: str | None = None  # which quota refused the call ("rate", "tokens", "request", …)
     user: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def reroute(self) -> Degradation | None:
+        """The last hop that moved the call, when the answering profile is not the one asked."""
+        if self.profile == self.requested_profile:
+            return None
+        return next((d for d in reversed(self.degradations) if d.reroutes), None)
+
+    @property
+    def degraded_from(self) -> str | None:
+        """The profile asked for, when another one answered."""
+        return self.requested_profile if self.reroute is not None else None
+
+    def degrade(self, degradation: Degradation) -> None:
+        """Add a degradation once (a rule that applies to every hop is listed once)."""
+        if degradation not in self.degradations:
+            self.degradations.append(degradation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

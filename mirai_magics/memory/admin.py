@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import MemoryCorruptError, UsageError
 from .index import sidecar_path
-from .indexer import BACKFILL
-from .notebook import WAIT_BEFORE_SEARCH_S
+from .indexer import WAIT_BEFORE_SEARCH_S
+from .jobs import BACKFILL
 from .store import move_aside
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..text import clip
 from ..tokens import count_text
 
 HEADER = (
@@ -81,6 +82,5 @@ def _shorten(text: str, tokens: int) -> str:
 
 
 def snippet(text: str, width: int = 72) -> str:
-    """One line: the first non-blank lines of ``text`` squeezed to ``width`` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    """One line: ``text`` with its whitespace collapsed, cut to ``width`` characters."""
+    return clip(text, width)

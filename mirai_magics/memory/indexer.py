@@ -17,14 +17,13 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ClientRequestError
 from ..tokens import count_text
-from .documents import Doc
+from . import rounds
+from .jobs import FileJob, Plan
 
 BATCH = 256  # items taken from the queue per round
 REMOTE_BATCH = 64  # texts per embeddings request
@@ -33,33 +32,7 @@ REMOTE_BATCH = 64  # texts per embeddings request
 EMBED_MAX_TOKENS = 4000
 SPLIT_STATUSES = (400, 413, 422)  # refused as invalid: some text in the request may be why
 HALVE_MIN_CHARS = 500  # a refused text at least this long is tried again cut to half
-
-
-@dataclass
-class FileJob:
-    """A learned file's chunks; ``done(ok)`` is called once they are stored and embedded."""
-
-    path: str
-    sha: str
-    docs: list[Doc]
-    done: Callable[[bool], None] = lambda ok: None
-
-
-class Backfill:
-    """Marker: embed entries that have no vector from the current embedder yet."""
-
-
-BACKFILL = Backfill()
-
-
-@dataclass
-class Plan:
-    """One round's work after the store step: texts to embed (by SHA) and callbacks."""
-
-    misses: dict[str, str] = field(default_factory=dict)
-    jobs: list[FileJob] = field(default_factory=list)
-    ok: bool = True
-    more: bool = False  # a backfill that stopped at its batch size
+WAIT_BEFORE_SEARCH_S = 5.0  # a %%mirai cell or admin command waits this long for queued cells
 
 
 class Indexer:
@@ -134,8 +107,6 @@ class Indexer:
             raise
 
     async def _round(self, batch: list[Any]) -> None:
-        from . import rounds
-
         loop = asyncio.get_running_loop()
         memory = self.memory
         try:
@@ -153,8 +124,6 @@ class Indexer:
 
     async def _embed(self, loop: asyncio.AbstractEventLoop, plan: Plan) -> None:
         """Embed the plan's texts (suspects of earlier refusals last), committing as we go."""
-        from . import rounds
-
         embedder = self.memory.state().embedder
         items = sorted(plan.misses.items(), key=lambda item: item[0] in self.suspects)
         try:
@@ -182,8 +151,6 @@ class Indexer:
         other text was accepted in this round: when everything is refused, the request
         itself is wrong (say, the model or its ``dimensions``) and every text stays pending.
         """
-        from . import rounds
-
         client = await loop.run_in_executor(self.pool, lambda: self.memory.session.client)
         items = [(sha, cut_to_tokens(text)) for sha, text in items]
         todo = [items[i : i + REMOTE_BATCH] for i in range(0, len(items), REMOTE_BATCH)]

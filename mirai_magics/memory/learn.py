@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..text import clip
 from .chunks import SUFFIXES, file_docs
 from .documents import sha256
-from .indexer import FileJob
+from .jobs import FileJob
 
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -124,7 +125,7 @@ def learn_files(memory: Any, pattern: str, progress: Callable[[int, int], None])
 
 def _reason(exc: BaseException) -> str:
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return " ".join(text.split())[:80]
+    return clip(text, 80)
 
 
 def _wait(memory: Any, finished: _Finished, queued: int, show: Any, already: int) -> None:

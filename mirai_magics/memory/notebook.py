@@ -20,10 +20,12 @@ from typing import Any
 
 from ..errors import MiraiError
 from ..redact import redact
+from ..text import clip
+from .counters import CACHE_HITS, SEARCHES, Counters, MetricsSink
 from .documents import CellEvent, error_line, source_id
-from .indexer import BACKFILL, Backfill, Indexer
+from .indexer import WAIT_BEFORE_SEARCH_S, Indexer
+from .jobs import BACKFILL, Backfill
 
-WAIT_BEFORE_SEARCH_S = 5.0  # a %%mirai cell waits this long for cells still being indexed
 _QUERY_CACHE = 128
 
 
@@ -38,15 +40,20 @@ class MemoryState:
 
 
 class NotebookMemory:
-    """Indexes executed cells in the background and finds the ones relevant to a prompt."""
+    """Indexes executed cells in the background and finds the ones relevant to a prompt.
 
-    def __init__(self, session: Any):
+    ``metrics`` (say the session's ``Telemetry``) receives the memory's counts; it may also
+    be attached later: ``memory.counters.attach(telemetry)``.
+    """
+
+    def __init__(self, session: Any, metrics: MetricsSink | None = None):
         from .synced import GraphBuilder
 
         self.session = session
         self.run = uuid.uuid4().hex[:12]  # this kernel's run: `forget N` means its In[N]
         self.current_cell: tuple[str | None, str] | None = None  # set by pre_run_cell
-        self.hits = self.misses = 0
+        self.counters = Counters(metrics)
+        self.misses = 0
         self.last_error: str | None = None
         self.retry_pending = False  # after a failed embedding round, the next round retries
         self.indexer = Indexer(self)
@@ -59,6 +66,11 @@ class NotebookMemory:
     @property
     def settings(self) -> Any:
         return self.session.config.memory
+
+    @property
+    def hits(self) -> int:
+        """Embeddings reused from the content-hash cache in this session."""
+        return self.counters.totals[CACHE_HITS]
 
     # --- indexing (kernel thread: cheap) ---------------------------------------------
 
@@ -197,6 +209,7 @@ class NotebookMemory:
                 hits = self.search(
                     text, k, min_score=self.settings.min_score, exclude=self.current_sources()
                 )
+                self.counters.add(SEARCHES)
                 block, used = context_block(hits, self.settings.max_tokens)
                 current.set_attribute("mirai.memory.hits", used)
         except Exception as exc:  # memory must never break a call: it becomes a badge flag
@@ -272,5 +285,4 @@ class NotebookMemory:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, MiraiError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())[:160]
+    return clip(exc if isinstance(exc, MiraiError) else f"{type(exc).__name__}: {exc}", 160)

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..redact import redact
+from .counters import CACHE_HITS, INDEXED
 from .documents import CellEvent, cell_changes, embed_text
-from .indexer import BACKFILL, Backfill, FileJob, Plan
+from .jobs import BACKFILL, Backfill, FileJob, Plan
 
 BACKFILL_BATCH = 2048
 
@@ -31,7 +32,7 @@ def plan(memory: Any, batch: list[Any]) -> Plan:
     name = st.embedder.name
     cached = st.store.vectors.cached(list(wanted), name)
     refused = st.store.vectors.cached(list(wanted), name, table="failed")
-    memory.hits += len(cached)
+    memory.counters.add(CACHE_HITS, len(cached))
     work.misses = {s: t for s, t in wanted.items() if s not in cached and s not in refused}
     memory.misses += len(work.misses)
     if memory.retry_pending or any(isinstance(item, Backfill) for item in batch):
@@ -48,6 +49,7 @@ def store_vectors(memory: Any, shas: Sequence[str], vectors: Any) -> None:
     st = memory.state()
     blobs = [v.astype("float32").tobytes() for v in vectors]
     st.store.vectors.put(list(shas), blobs, st.embedder.name)
+    memory.counters.add(INDEXED, len(blobs))
     memory.last_error = None
 
 

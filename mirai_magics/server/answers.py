@@ -10,6 +10,8 @@ import json
 import math
 import re
 
+from ..text import clip
+
 FINGERPRINT = "mirai-offline"
 REASONING_PREFIXES = ("o1", "o3", "o4")
 _JSON_WORD = re.compile(r"\bjson\b", re.IGNORECASE)
@@ -41,7 +43,7 @@ def system_text(messages: list[dict]) -> str:
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    return clip(text)
 
 
 def is_reasoning_model(model: str) -> bool:

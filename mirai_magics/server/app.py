@@ -67,7 +67,8 @@ class App:
         delay = changes.pop("stream_delay_ms", None)
         unknown = set(changes) - set(FAULT_FIELDS)
         if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            known = ", ".join((*FAULT_FIELDS, "script", "vary", "stream_delay_ms"))
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))} (known: {known})")
         if script is not None and not isinstance(script, list):
             raise ValueError("script must be a list of entries")
         entries = [normalize_entry(e) for e in script or []]

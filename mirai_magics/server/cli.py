@@ -8,10 +8,11 @@ import contextlib
 import signal
 import sys
 
-from .faults import Faults
+from .faults import FAULT_SPECS, Faults
 from .runner import OfflineServer
 
 DEFAULT_PORT = 8765
+_METAVARS = {bool: "true|false", int: "INT", float: "NUMBER", str: "TEXT"}
 
 
 def _bool_word(text: str) -> bool:
@@ -35,20 +36,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--vary", action="store_true", help="append a random variant to every chat answer")
     add("--stream-delay-ms", type=float, default=0, help="delay between streamed chunks")
     add("--expected-key", default=None, help="reject any other API key with 401")
-    add("--fail-429", type=float, default=0, help="probability of a 429 answer")
-    add("--retry-after", type=float, default=None, help="Retry-After seconds sent with 429")
-    add("--retry-after-ms", type=int, default=None, help="retry-after-ms sent with 429")
-    add("--fail-5xx", type=float, default=0, help="probability of a 5xx answer")
-    add("--status-5xx", type=int, default=500, help="status of injected 5xx answers")
-    add("--html-503", action="store_true", help="5xx answers become 503 with an HTML body")
-    add("--latency-ms", type=float, default=0, help="latency added before each answer")
-    add("--drop", type=float, default=0, help="probability of closing without an answer")
-    add("--hang", action="store_true", help="never answer API requests")
-    add("--down", action="store_true", help="close every API connection immediately")
-    add("--force-status", type=int, default=None, help="answer every API request with this status")
-    add("--should-retry", type=_bool_word, default=None, help="x-should-retry header: true|false")
+    add_fault_arguments(parser)
     add("--script", default=None, help="comma separated outcomes, e.g. 429,500,ok")
     return parser
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`Faults` field, derived from its declaration (FAULT_SPECS)."""
+    group = parser.add_argument_group(
+        "faults", "also settable while running: POST /_mirai/faults with the field names"
+    )
+    for spec in FAULT_SPECS:
+        help_text = spec.help.replace("%", "%%") + (f" ({spec.bounds})" if spec.bounds else "")
+        if spec.type is bool and spec.default is False and not spec.optional:
+            group.add_argument(spec.flag, dest=spec.name, action="store_true", help=help_text)
+            continue
+        group.add_argument(
+            spec.flag,
+            dest=spec.name,
+            type=_bool_word if spec.type is bool else spec.type,
+            default=spec.default,
+            metavar=_METAVARS[spec.type],
+            help=help_text,
+        )
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    """The Faults of parsed options; a field without an option keeps its default."""
+    given = {
+        spec.name: getattr(args, spec.name) for spec in FAULT_SPECS if hasattr(args, spec.name)
+    }
+    return Faults(**given)
 
 
 def server_from_args(args: argparse.Namespace) -> OfflineServer:
@@ -57,16 +75,8 @@ def server_from_args(args: argparse.Namespace) -> OfflineServer:
     def opt(name: str, default: object = None) -> object:
         return getattr(args, name, default)
 
-    faults = Faults(
-        fail_429=opt("fail_429", 0), retry_after=opt("retry_after"),
-        retry_after_ms=opt("retry_after_ms"), fail_5xx=opt("fail_5xx", 0),
-        status_5xx=opt("status_5xx", 500), html_503=bool(opt("html_503", False)),
-        latency_ms=opt("latency_ms", 0), hang=bool(opt("hang", False)), drop=opt("drop", 0),
-        down=bool(opt("down", False)), force_status=opt("force_status"),
-        should_retry=opt("should_retry"),
-    )  # fmt: skip
     srv = OfflineServer(
-        port=opt("port", DEFAULT_PORT), faults=faults, seed=opt("seed", 0),
+        port=opt("port", DEFAULT_PORT), faults=faults_from_args(args), seed=opt("seed", 0),
         vary=bool(opt("vary", False)), stream_delay_ms=opt("stream_delay_ms", 0),
         expected_key=opt("expected_key"), host=opt("host", "127.0.0.1"),
     )  # fmt: skip

@@ -3,6 +3,12 @@
 Per API request :meth:`FaultPlan.decide` gives one :class:`Outcome`. ``down`` wins;
 then the next scripted entry, if any; else three random draws, always in the same
 order (drop, 429, 5xx) from ``random.Random(seed)``, so a seed gives one sequence.
+
+:class:`Faults` is the one declaration of the fault settings: each field's annotation
+(``bool``, ``int``, ``float`` or ``str``, ``| None`` when None turns it off), default, help
+and bounds (``fault(default, help, low=..., high=...)``). Everything else is derived from
+it through :data:`FAULT_SPECS`: :func:`validate_faults`, the ``mirai serve`` flags
+(``embed_max_chars`` -> ``--embed-max-chars``) and the keys ``/_mirai/faults`` accepts.
 """
 
 from __future__ import annotations
@@ -11,33 +17,49 @@ import dataclasses
 import random
 import re
 import threading
+import types
+import typing
 from collections import deque
 from dataclasses import dataclass
 
 SCRIPT_WORDS = ("ok", "hang", "drop", "html503", "down")
 _STATUS_ENTRY = re.compile(r"^[45]\d\d$")
+_TYPE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "text"}
+
+
+def fault(
+    default: object, help: str, *, low: float | None = None, high: float | None = None
+) -> typing.Any:
+    """A :class:`Faults` field: its default, its help line and inclusive bounds of numbers."""
+    return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high})
 
 
 @dataclass
 class Faults:
-    """Fault injection settings; probabilities are in [0, 1]."""
+    """Fault injection settings; probabilities are in [0, 1]. Add a fault here, only here."""
 
-    fail_429: float = 0
-    retry_after: float | None = None
-    retry_after_ms: int | None = None
-    fail_5xx: float = 0
-    status_5xx: int = 500
-    html_503: bool = False
-    latency_ms: float = 0
-    hang: bool = False
-    drop: float = 0
-    down: bool = False
-    force_status: int | None = None
-    should_retry: bool | None = None
+    fail_429: float = fault(0, "probability of a 429 answer", low=0, high=1)
+    retry_after: float | None = fault(None, "Retry-After seconds sent with 429", low=0)
+    retry_after_ms: int | None = fault(None, "retry-after-ms sent with 429", low=0)
+    fail_5xx: float = fault(0, "probability of a 5xx answer", low=0, high=1)
+    status_5xx: int = fault(500, "status of injected 5xx answers", low=500, high=599)
+    html_503: bool = fault(False, "5xx answers become 503 with an HTML body")
+    latency_ms: float = fault(0, "latency added before each answer", low=0)
+    hang: bool = fault(False, "never answer API requests")
+    drop: float = fault(0, "probability of closing without an answer", low=0, high=1)
+    down: bool = fault(False, "close every API connection immediately")
+    force_status: int | None = fault(
+        None, "answer every API request with this status", low=400, high=599
+    )
+    should_retry: bool | None = fault(None, "x-should-retry header sent with errors")
     # embeddings endpoint quirks of real providers:
-    embed_max_chars: int | None = None  # 400 "maximum context length" for a longer input
-    embed_refuse: str | None = None  # 400 for any input containing this text
-    embed_dims: int | None = None  # answer with this width, ignoring `dimensions`
+    embed_max_chars: int | None = fault(
+        None, 'embeddings: 400 "maximum context length" for a longer input', low=1
+    )
+    embed_refuse: str | None = fault(None, "embeddings: 400 for any input containing this text")
+    embed_dims: int | None = fault(
+        None, "embeddings: answer with this width, ignoring `dimensions`", low=1
+    )
 
     def __post_init__(self) -> None:
         validate_faults(self)
@@ -46,40 +68,87 @@ class Faults:
         return dataclasses.asdict(self)
 
 
-FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
+@dataclass(frozen=True)
+class FaultSpec:
+    """One :class:`Faults` field as declared: what values it takes, its default and help."""
+
+    name: str
+    type: type  # bool, int, float or str
+    optional: bool  # None is allowed (the fault is off)
+    default: object
+    help: str
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def flag(self) -> str:
+        """Its ``mirai serve`` option: ``embed_max_chars`` -> ``--embed-max-chars``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def bounds(self) -> str:
+        """``"in [0, 1]"``, ``"in 500..599"``, ``">= 1"`` or ``""`` (no bounds)."""
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            return f"in {low}..{high}" if self.type is int else f"in [{low}, {high}]"
+        if low is not None:
+            return f">= {low}"
+        return f"<= {high}" if high is not None else ""
+
+    @property
+    def rule(self) -> str:
+        """The values it takes, as error messages say it: "an integer >= 1 or None"."""
+        text = " ".join(filter(None, (_TYPE_WORDS[self.type], self.bounds)))
+        return f"{text} or None" if self.optional else text
+
+    def accepts(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        if self.type in (bool, str):
+            return isinstance(value, self.type)
+        numbers = (int,) if self.type is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numbers):
+            return False
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def check(self, value: object) -> None:
+        """Raise a one-line ValueError unless ``value`` is allowed."""
+        if not self.accepts(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ValueError(f"{self.name} must be {self.rule}, not {shown}")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+def _spec(f: dataclasses.Field, annotation: object) -> FaultSpec:
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if is_union else (annotation,)
+    optional = type(None) in args
+    rest = [a for a in args if a is not type(None)]
+    base = rest[0] if len(rest) == 1 else None
+    if base not in _TYPE_WORDS or "help" not in f.metadata:
+        raise TypeError(
+            f"Faults.{f.name}: declare as `name: T = fault(default, help)` "
+            "with T one of bool, int, float, str, optionally `| None`"
+        )
+    meta = f.metadata
+    spec = FaultSpec(f.name, base, optional, f.default, meta["help"], meta["low"], meta["high"])
+    spec.check(spec.default)  # a bad declaration fails on import, not on first use
+    return spec
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _specs() -> tuple[FaultSpec, ...]:
+    hints = typing.get_type_hints(Faults)
+    return tuple(_spec(f, hints[f.name]) for f in dataclasses.fields(Faults))
+
+
+FAULT_SPECS: tuple[FaultSpec, ...] = _specs()
+FAULT_FIELDS = tuple(spec.name for spec in FAULT_SPECS)
 
 
 def validate_faults(f: Faults) -> None:
-    for name in ("fail_429", "fail_5xx", "drop"):
-        value = getattr(f, name)
-        _check(_is_number(value) and 0 <= value <= 1, f"{name} must be a probability in [0, 1]")
-    for name in ("retry_after", "retry_after_ms"):
-        value = getattr(f, name)
-        _check(value is None or (_is_number(value) and value >= 0), f"{name} must be >= 0 or None")
-    _check(_is_number(f.latency_ms) and f.latency_ms >= 0, "latency_ms must be >= 0")
-    _check(isinstance(f.status_5xx, int) and 500 <= f.status_5xx <= 599, "status_5xx: 500..599")
-    force = f.force_status
-    _check(
-        force is None or (isinstance(force, int) and 400 <= force <= 599), "force_status: 4xx/5xx"
-    )
-    for name in ("html_503", "hang", "down"):
-        _check(isinstance(getattr(f, name), bool), f"{name} must be a boolean")
-    _check(f.should_retry is None or isinstance(f.should_retry, bool), "should_retry: bool or None")
-    for name in ("embed_max_chars", "embed_dims"):
-        value = getattr(f, name)
-        _check(
-            value is None or (isinstance(value, int) and value >= 1), f"{name}: int >= 1 or None"
-        )
-    _check(f.embed_refuse is None or isinstance(f.embed_refuse, str), "embed_refuse: text or None")
+    """Check every field against its declaration; the first bad one raises ValueError."""
+    for spec in FAULT_SPECS:
+        spec.check(getattr(f, spec.name))
 
 
 def normalize_entry(entry: object) -> str:

@@ -1,8 +1,8 @@
 """Telemetry of one session: Prometheus metrics, JSON call logs and tracing, fed by observers.
 
-`Telemetry.observe` is a ResilientClient observer: "attempt" events count retries, "call"
-events count requests, tokens, latency, degradations and quota rejections and write the
-log line. Heavy imports (prometheus_client) happen when a Telemetry is created.
+`Telemetry` is a ResilientClient observer: each attempt counts retries and becomes a span
+event; each call counts requests, tokens, latency, degradations and quota rejections, and
+writes the log line. Heavy imports (prometheus_client) happen when a Telemetry is created.
 """
 
 from __future__ import annotations
@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..client.observers import Messages, Observer
+from ..client.records import Attempt, CallRecord
+from .tracing import span_attempt, span_outcome
+
 if TYPE_CHECKING:
     from ..config import Config
 
 
-class Telemetry:
+class Telemetry(Observer):
     """Metrics registry + call logger + tracing setup for one Session."""
 
     def __init__(self, config: Config):
@@ -46,28 +50,30 @@ class Telemetry:
 
     # --- observer ---------------------------------------------------------------------
 
-    def observe(self, event: str, record: Any, info: dict[str, Any]) -> None:
-        """Client observer: retries per attempt; counters, histogram and a log line per call."""
-        if event == "attempt":
-            self._count_retries(record)
-        elif event == "call":
-            self._count_retries(record)
-            self._retries_seen.pop(record.id, None)
-            self._count_call(record)
-            self.logs.log_call(record, info)
+    def on_attempt(self, record: CallRecord, attempt: Attempt) -> None:
+        """Retries are counted as they happen (a scrape mid-call sees them)."""
+        span_attempt(record, attempt)
+        self._count_retries(record)
 
-    def _count_retries(self, record: Any) -> None:
+    def on_call(self, record: CallRecord, messages: Messages | None, text: str | None) -> None:
+        """Counters, the latency histogram and one log line per finished call."""
+        span_outcome(record)
+        self._count_retries(record)
+        self._retries_seen.pop(record.id, None)
+        self._count_call(record)
+        self.logs.log_call(record, messages, text)
+
+    def _count_retries(self, record: CallRecord) -> None:
         seen = self._retries_seen.get(record.id, 0)
         for reason in record.retry_reasons[seen:]:
             self.metrics.retries.labels(_model(record), reason).inc()
         self._retries_seen[record.id] = len(record.retry_reasons)
 
-    def _count_call(self, record: Any) -> None:
+    def _count_call(self, record: CallRecord) -> None:
         m, model = self.metrics, _model(record)
-        quota = record.extra.get("quota")
-        if quota:
-            m.quota_rejections.labels(quota).inc()
-        for rule in record.degradations:
+        if record.quota:
+            m.quota_rejections.labels(record.quota).inc()
+        for rule in dict.fromkeys(d.rule for d in record.degradations):
             m.degradations.labels(rule).inc()
         if record.replayed:
             m.requests.labels(model, "replayed").inc()
@@ -92,5 +98,5 @@ class Telemetry:
         self.metrics.stop()
 
 
-def _model(record: Any) -> str:
+def _model(record: CallRecord) -> str:
     return record.model or "unknown"

@@ -11,12 +11,18 @@ import json
 import logging
 from typing import Any
 
+from ..client.records import CallRecord
 from ..redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 
 LOGGER_NAME = "mirai_magics"
 
 
-def call_fields(record: Any, include_prompts: bool, info: dict[str, Any]) -> dict[str, Any]:
+def call_fields(
+    record: CallRecord,
+    include_prompts: bool,
+    messages: list[dict[str, Any]] | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
     """The log line of one finished call as plain data (pure)."""
     fields: dict[str, Any] = {
         "event": "mirai.call",
@@ -33,21 +39,13 @@ def call_fields(record: Any, include_prompts: bool, info: dict[str, Any]) -> dic
         "error_code": record.error_code,
         "error": record.error,
         "user_id": record.user,
-        "degraded": degraded(record),
+        "degraded": list(dict.fromkeys(d.label for d in record.degradations)),
         "offline": record.offline,
     }
     if include_prompts:
-        fields["prompt"] = info.get("messages")
-        fields["response"] = info.get("text")
+        fields["prompt"] = messages
+        fields["response"] = text
     return fields
-
-
-def degraded(record: Any) -> list[str]:
-    """Rules applied to the call, plus a fallback along the chain (``fallback:429``)."""
-    out = list(record.degradations)
-    if record.degraded_from:
-        out.append(f"fallback:{record.degraded_reason}")
-    return out
 
 
 class CallLogger:
@@ -58,11 +56,16 @@ class CallLogger:
         self.include_prompts = include_prompts
         self.secret_names = tuple(secret_names) or DEFAULT_SECRET_NAMES
 
-    def log_call(self, record: Any, info: dict[str, Any]) -> str:
+    def log_call(
+        self,
+        record: CallRecord,
+        messages: list[dict[str, Any]] | None = None,
+        text: str | None = None,
+    ) -> str:
         """Log one call; returns the redacted line, or "" when no handler would emit it."""
         if not (self.logger.isEnabledFor(logging.INFO) and self.logger.hasHandlers()):
             return ""  # nobody listens: skip the JSON and redaction work on the hot path
-        fields = call_fields(record, self.include_prompts, info)
+        fields = call_fields(record, self.include_prompts, messages, text)
         line = json.dumps(fields, ensure_ascii=False, default=str)
         line = redact(line, secret_env_values(self.secret_names))
         self.logger.info(line)  # INFO even for errors: the badge already shows them

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from ..config import Metrics as MetricsSettings
 
 LOOPBACK = "127.0.0.1"
+# incremented by the memory (memory/counters.py) once the session hands it its Telemetry
 MEMORY_COUNTERS = {
-    "mirai_memory_indexed": "Cells embedded and stored in the memory",
-    "mirai_memory_cache_hits": "Cells whose embedding was reused from the content-hash cache",
+    "mirai_memory_indexed": "Memory entries (cells, learned-file chunks) embedded and stored",
+    "mirai_memory_cache_hits": "Memory entries whose embedding was reused from the SHA-256 cache",
     "mirai_memory_searches": "Memory searches run to build a prompt",
 }
 

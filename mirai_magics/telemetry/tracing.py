@@ -112,26 +112,31 @@ def traced_call(kind: str) -> Callable[[F], F]:
     return wrap
 
 
-def trace_event(event: str, record: Any, info: dict[str, Any]) -> None:
-    """Client events on the current `mirai.llm.call` span: attempts as events, the outcome."""
+def span_attempt(record: Any, attempt: Any) -> None:
+    """One HTTP attempt as an ``attempt`` event on the current `mirai.llm.call` span."""
     if _tracer() is None:
         return
     from opentelemetry import trace
 
-    current = trace.get_current_span()
-    if event == "attempt":
-        current.add_event(
-            "attempt",
-            _clean({"n": record.attempts, "model": record.model, **info}),
-        )
-    elif event == "call":
-        attrs = {
+    attributes = {"n": record.attempts, "model": record.model, "reason": attempt.reason}
+    trace.get_current_span().add_event("attempt", _clean({**attributes, "ok": attempt.ok}))
+
+
+def span_outcome(record: Any) -> None:
+    """The call's outcome as attributes of the current `mirai.llm.call` span."""
+    if _tracer() is None:
+        return
+    from opentelemetry import trace
+
+    set_attributes(
+        trace.get_current_span(),
+        **{
             "mirai.profile": record.profile,
             "mirai.model": record.model,
             "mirai.attempts": record.attempts,
             "mirai.tokens_in": record.tokens_in,
             "mirai.tokens_out": record.tokens_out,
             "mirai.error_code": record.error_code,
-            "mirai.degraded": ",".join(record.degradations),
-        }
-        set_attributes(current, **attrs)
+            "mirai.degraded": ",".join(d.label for d in record.degradations),
+        },
+    )

@@ -6,7 +6,9 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..client.records import CallRecord
 from ..redact import redact
+from ..text import clip
 
 _STYLE = (
     "font:12px/1.6 ui-monospace,SFMono-Regular,Menlo,monospace;color:#555;"
@@ -16,7 +18,7 @@ _ERROR_STYLE = "font:13px/1.5 ui-monospace,Menlo,monospace;color:#b00020"
 _FLAG_STYLE = "background:#fff3cd;color:#7a5b00;border-radius:3px;padding:0 4px;margin-left:4px"
 
 
-def badge_parts(record: Any, prices: Mapping[str, Any] | None = None) -> list[str]:
+def badge_parts(record: CallRecord, prices: Mapping[str, Any] | None = None) -> list[str]:
     """The badge's main facts: profile/model · tokens in → out · latency · attempts [· cost]."""
     tokens_in = "?" if record.tokens_in is None else f"{record.tokens_in:,}"
     tokens_out = "?" if record.tokens_out is None else f"{record.tokens_out:,}"
@@ -33,7 +35,7 @@ def badge_parts(record: Any, prices: Mapping[str, Any] | None = None) -> list[st
     return parts
 
 
-def badge_flags(record: Any, extra: Sequence[str] = ()) -> list[str]:
+def badge_flags(record: CallRecord, extra: Sequence[str] = ()) -> list[str]:
     """Flags that apply: offline, replayed, retried ×N, degraded, breaker, plus caller's extras."""
     flags: list[str] = []
     if record.offline:
@@ -42,17 +44,28 @@ def badge_flags(record: Any, extra: Sequence[str] = ()) -> list[str]:
         flags.append("replayed")
     if record.retry_reasons:
         flags.append(f"retried ×{len(record.retry_reasons)} ({', '.join(record.retry_reasons)})")
-    if record.degraded_from:
-        flags.append(f"degraded {record.degraded_from}→{record.profile} ({record.degraded_reason})")
-    flags.extend(f"degraded: {rule}" for rule in record.degradations)
+    flags.extend(degradation_flags(record))
     if record.breaker and record.breaker != "closed":
         flags.append(f"breaker {record.breaker}")
     flags.extend(extra)
     return flags
 
 
+def degradation_flags(record: CallRecord) -> list[str]:
+    """``degraded heavy→main (rate_limit_429)`` for a reroute, ``degraded: rule (what)``
+    for each rule that changed the call; each degradation is said once."""
+    flags = []
+    if record.degraded_from:
+        why = dict.fromkeys(d.reason for d in record.degradations if d.reroutes)
+        flags.append(f"degraded {record.degraded_from}→{record.profile} ({', '.join(why)})")
+    for d in record.degradations:
+        if not d.reroutes:
+            flags.append(f"degraded: {d.rule}" + (f" ({d.detail})" if d.detail else ""))
+    return flags
+
+
 def badge_text(
-    record: Any, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
+    record: CallRecord, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
 ) -> str:
     """The text/plain badge: one line, stable enough for nbval with the sanitizer."""
     line = " · ".join(badge_parts(record, prices))
@@ -61,7 +74,7 @@ def badge_text(
 
 
 def badge_html(
-    record: Any, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
+    record: CallRecord, extra: Sequence[str] = (), prices: Mapping[str, Any] | None = None
 ) -> str:
     """The HTML badge shown under an answer."""
     line = " · ".join(html.escape(p) for p in badge_parts(record, prices))
@@ -85,11 +98,10 @@ def error_html(message: str) -> str:
 
 def one_line(message: str, limit: int = 400) -> str:
     """Collapse whitespace, redact secrets, cut to ``limit`` characters."""
-    text = redact(" ".join(str(message).split()))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(redact(clip(message)), limit)
 
 
-def estimated_cost(record: Any, prices: Mapping[str, Any]) -> float | None:
+def estimated_cost(record: CallRecord, prices: Mapping[str, Any]) -> float | None:
     """USD estimate from the per-model price table (per million tokens); none offline/replayed."""
     price = prices.get(record.model)
     if (

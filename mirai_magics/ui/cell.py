@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import MiraiError, UsageError
 from ..telemetry.tracing import span
+from .defaults import CellDefaults
 from .interpolate import interpolate
 from .render import render_answer, show_badge, show_error
 from .stream import StreamView, consume, stream_enabled
@@ -31,15 +32,17 @@ class CellRequest:
     flags: list[str] = field(default_factory=list)
 
 
-def request_from_args(args: Any, text: str, session: Any) -> CellRequest:
-    """Merge parsed arguments with the session's defaults (set by `%mirai use` or the picker)."""
-    config = session.config
-    profile = args.profile or session.default_profile
+def request_from_args(
+    args: Any, text: str, config: Any, defaults: CellDefaults | None = None
+) -> CellRequest:
+    """Merge parsed arguments with the cell defaults (`%mirai use`, the picker; None: main)."""
+    defaults = defaults or CellDefaults()
+    profile = args.profile or defaults.profile
     if profile not in config.chat_profiles():
         raise UsageError(
             f"unknown profile {profile!r}", hint=f"use one of: {', '.join(config.chat_profiles())}"
         )
-    overrides = dict(session.default_overrides) if profile == session.default_profile else {}
+    overrides = defaults.overrides_for(profile)
     for key, value in (
         ("model", args.model),
         ("temperature", args.temperature),
@@ -93,10 +96,9 @@ def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[st
     )
     view = StreamView(request.fmt, session.config.ui.stream_throttle_ms) if streaming else None
     try:
-        if view is not None:
-            reply = consume(session.stream_prepared(prepared), view)
-        else:
-            reply = session.send_prepared(prepared)
+        send = session.stream_chat if view is not None else session.chat
+        sent = send(prepared.messages, prepared.profile, **prepared.send_kwargs())
+        reply = consume(sent, view) if view is not None else sent
     except MiraiError as exc:
         show_error(str(exc), view.handle if view else None)
         return None
@@ -105,7 +107,8 @@ def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[st
         current.set_attribute("valid", not rendered.error)
     if rendered.error:
         show_error(rendered.error)
-    session.remember(prepared, reply)
+    if prepared.keep_history:
+        session.history.append_turn(prepared.user_text, reply.text)
     show_badge(reply.record, request.flags + rendered.flags, session.config.pricing)
     namespace["_mirai"] = reply
     if request.out:

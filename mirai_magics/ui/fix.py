@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import UsageError
 from ..redact import redact_all
+from .cell import CellRequest
 
 MAX_SOURCE_CHARS = 6000
 
@@ -23,6 +24,12 @@ def fix_prompt(errors: Mapping[int, str], inputs: Sequence[str]) -> str:
         "Explain the cause in two or three sentences, then give the corrected cell as one "
         "fenced python code block."
     )
+
+
+def fix_request(errors: Mapping[int, str], inputs: Sequence[str]) -> CellRequest:
+    """The `%mirai fix` cell: the prompt above, to `heavy`, rendered as markdown, braces literal."""
+    prompt = fix_prompt(errors, inputs)
+    return CellRequest(text=prompt, profile="heavy", fmt="markdown", overrides={}, interp=False)
 
 
 def _strip_ansi(text: str) -> str:

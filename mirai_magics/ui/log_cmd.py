@@ -1,4 +1,4 @@
-"""`%mirai log [-n N] [--json]` and `%mirai replay PATH|off|status`: the call log in a notebook."""
+"""What `%mirai log` and `%mirai replay` do (declared in commands.py): the call log, in a cell."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import os
 import time
 from typing import Any
 
-from ..errors import UsageError
+from ..text import clip
 from .render import show_note
 from .status import show_grid, show_table
 
-LOG_USAGE = "usage: %mirai log [-n N] [--json]"
-REPLAY_USAGE = "usage: %mirai replay PATH [--fallthrough] | off | status"
 _COLUMNS = (
     "time",
     "cell",
@@ -24,22 +22,6 @@ _COLUMNS = (
     "prompt",
     "answer",
 )
-
-
-def parse_log_args(rest: list[str]) -> tuple[int, bool]:
-    """``-n N`` (default 10) and ``--json`` → (limit, as_json)."""
-    limit, as_json, words = 10, False, list(rest)
-    while words:
-        word = words.pop(0)
-        if word == "--json":
-            as_json = True
-        elif word in ("-n", "--limit") and words and words[0].isdigit():
-            limit = int(words.pop(0))
-        elif word.startswith("-n") and word[2:].isdigit():
-            limit = int(word[2:])
-        else:
-            raise UsageError(f"unexpected {word!r}", hint=LOG_USAGE)
-    return limit, as_json
 
 
 def log_row(call: dict[str, Any]) -> tuple[str, ...]:
@@ -61,16 +43,15 @@ def log_row(call: dict[str, Any]) -> tuple[str, ...]:
         f"{call['latency_ms'] or 0:,.0f} ms",
         str(call["attempts"]),
         " · ".join([outcome, *flags]),
-        _clip(prompt),
-        _clip(call["error"] or call["response"] or ""),
+        clip(prompt, 40),
+        clip(call["error"] or call["response"] or "", 40),
     )
 
 
-def show_log(session: Any, rest: list[str]) -> None:
-    """Print the last N calls of the session's call log as a table (or JSON)."""
+def show_log(session: Any, limit: int = 10, as_json: bool = False) -> None:
+    """Print the last ``limit`` calls of the session's call log as a table (or JSON)."""
     from ..calllog import main_log_path, read_calls
 
-    limit, as_json = parse_log_args(rest)
     path = main_log_path(session.config)
     if not session.config.observability.call_log.enabled:
         show_note("the call log is off (observability.call_log.enabled: false)")
@@ -85,14 +66,10 @@ def show_log(session: Any, rest: list[str]) -> None:
         show_grid(f"last {len(calls)} call(s) in {path}", _COLUMNS, [log_row(c) for c in calls])
 
 
-def replay_command(session: Any, rest: list[str]) -> None:
-    """Turn replay on from PATH (strict unless --fallthrough), off, or show its status."""
+def replay_command(session: Any, arg: str, fallthrough: bool = False) -> None:
+    """Turn replay on from the path ``arg`` (strict unless fallthrough), ``off``, or ``status``."""
     from ..replay import Replay, recording_path, replay_mode
 
-    words = [w for w in rest if w != "--fallthrough"]
-    if len(words) != 1:
-        raise UsageError("expected one argument", hint=REPLAY_USAGE)
-    arg = words[0]
     if arg == "status":
         return replay_status(session)
     if arg == "off":
@@ -100,7 +77,7 @@ def replay_command(session: Any, rest: list[str]) -> None:
         return show_note("replay off: calls go to the live endpoint")
     if recording_path():
         return show_note(f"recording to {recording_path()} (MIRAI_RECORD is set): replay stays off")
-    mode = "fallthrough" if "--fallthrough" in rest else os.environ.get("MIRAI_REPLAY_MODE")
+    mode = "fallthrough" if fallthrough else os.environ.get("MIRAI_REPLAY_MODE")
     replay = Replay(arg, replay_mode(mode))
     count = replay.count()  # fails here, not at the first call, when the file is wrong
     session.set_replay(replay)
@@ -126,8 +103,3 @@ def replay_status(session: Any) -> None:
 
 def _num(value: Any) -> str:
     return "?" if value is None else f"{value:,}"
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

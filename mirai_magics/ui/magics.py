@@ -8,26 +8,13 @@ from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 from traitlets import Bool, Unicode
 
 from ..errors import MiraiError
+from .commands import COMMANDS
+from .defaults import CellDefaults
 
-LINE_COMMANDS = (
-    "status",
-    "use",
-    "config",
-    "fix",
-    "picker",
-    "history",
-    "reset",
-    "reload",
-    "memory",
-    "metrics",
-    "log",
-    "replay",
-    "help",
-)
 FORMATS = ("markdown", "code", "text", "json")
 
 
@@ -46,6 +33,7 @@ class MiraiMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._session: Any = None
         self.errors: dict[int, str] = {}  # Err[n]: traceback text of cell n
+        self.defaults = CellDefaults()  # `%mirai use` and the picker: UI state, not the session's
 
     @property
     def session(self) -> Any:
@@ -56,6 +44,8 @@ class MiraiMagics(Magics):
         return self._session
 
     @magic_arguments()
+    # the leading newline keeps the rows indented: IPython's dedent skips a first line only
+    @kwds(epilog="\n" + COMMANDS.listing("line commands (`%mirai help NAME` or `%mirai NAME -h`)"))
     @argument(
         "profile", nargs="?", default=None, help="profile name (default: main or `%%mirai use`)"
     )
@@ -90,13 +80,7 @@ class MiraiMagics(Magics):
 
         `{name}`, `{obj.attr}`, `{seq[0]}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}` are filled in
         from the notebook; other braces stay as they are (`{{` escapes). The last reply is in
-        `_mirai`.
-
-        Line commands: `%mirai status` · `%mirai use PROFILE` · `%mirai config` ·
-        `%mirai fix` (explain the last error) · `%mirai picker` · `%mirai history` ·
-        `%mirai reset` · `%mirai reload` (re-read config and key) ·
-        `%mirai memory search|stats|forget|rebuild|learn` · `%mirai metrics [--port N|--stop]` ·
-        `%mirai log [-n N] [--json]` · `%mirai replay PATH|off|status`.
+        `_mirai`. Without a cell body, `%mirai NAME …` runs one of the line commands below.
         """
         if cell is None:
             return self._line(line)
@@ -104,110 +88,18 @@ class MiraiMagics(Magics):
             args = _parse(self.mirai, line, self.session.config)
             from .cell import request_from_args, run_cell
 
-            request = request_from_args(args, cell, self.session)
+            request = request_from_args(args, cell, self.session.config, self.defaults)
         except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
             return _fail(exc)
-        run_cell(request, self.session, self.shell, self._namespace())
+        run_cell(request, self.session, self.shell, self.namespace())
         return None  # the reply is in `_mirai`; returning it would add an Out[] entry
 
-    # --- line commands ------------------------------------------------------------
-
-    def _line(self, line: str) -> Any:
+    def _line(self, line: str) -> None:
+        """`%mirai NAME ARGS…` through the subcommand table (commands.py); no words: help."""
         try:
-            words = shlex.split(line) if line.strip() else ["help"]
-            command, rest = words[0], words[1:]
-            handler = getattr(self, f"_cmd_{command}", None)
-            if handler is None:
-                raise ValueError(
-                    f"unknown command {command!r} — use one of: {', '.join(LINE_COMMANDS)} "
-                    "(or %%mirai for a prompt)"
-                )
-            return handler(rest)
+            COMMANDS.run(self, shlex.split(line) or ["help"])
         except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
-            return _fail(exc)
-
-    def _cmd_help(self, rest: list[str]) -> None:
-        print(self.mirai.__doc__)
-
-    def _cmd_use(self, rest: list[str]) -> None:
-        from .render import show_note
-
-        profiles = self.session.config.chat_profiles()
-        if len(rest) != 1 or rest[0] not in profiles:
-            raise ValueError(f"usage: %mirai use PROFILE — one of: {', '.join(profiles)}")
-        self.session.default_profile = rest[0]
-        self.session.default_overrides = {}
-        show_note(f"default profile: {rest[0]} ({self.session.config.profiles[rest[0]].model})")
-
-    def _cmd_reset(self, rest: list[str]) -> None:
-        from .render import show_note
-
-        self.session.history.clear()
-        show_note("history cleared")
-
-    def _cmd_history(self, rest: list[str]) -> None:
-        from .status import show_history
-
-        show_history(self.session.history.window())
-
-    def _cmd_status(self, rest: list[str]) -> None:
-        from .status import show_status
-
-        show_status(self.session)
-
-    def _cmd_config(self, rest: list[str]) -> None:
-        import json
-
-        from ..redact import redact_all
-
-        print(redact_all(json.dumps(self.session.config.redacted(), indent=2)))
-
-    def _cmd_reload(self, rest: list[str]) -> None:
-        from .render import show_note
-
-        self.session.reload()
-        show_note(f"config and API key re-read from {self.session.config.source}")
-
-    def _cmd_picker(self, rest: list[str]) -> Any:
-        from IPython.display import display
-
-        from .widgets import model_picker
-
-        picker = model_picker(self.session)
-        display(picker)  # displayed, not returned: no Out[] entry
-        self.shell.user_ns["_mirai_picker"] = picker
-        return None
-
-    def _cmd_fix(self, rest: list[str]) -> None:
-        from .cell import CellRequest, run_cell
-        from .fix import fix_prompt
-
-        prompt = fix_prompt(self.errors, self.shell.user_ns.get("In", []))
-        request = CellRequest(text=prompt, profile="heavy", fmt="markdown", overrides={})
-        request.interp = False
-        run_cell(request, self.session, self.shell, self._namespace())
-
-    def _cmd_memory(self, rest: list[str]) -> None:
-        """`%mirai memory search "QUERY" [-k N] | stats | forget N|all | rebuild | learn GLOB`."""
-        from .memory_cmd import memory_command
-
-        memory_command(self, rest)
-
-    def _cmd_metrics(self, rest: list[str]) -> None:
-        """`%mirai metrics [--port N] [--stop]`: serve Prometheus metrics on 127.0.0.1."""
-        from .metrics_cmd import metrics_command
-
-        metrics_command(self.session, rest)
-
-    def _cmd_log(self, rest: list[str]) -> None:
-        from .log_cmd import show_log
-
-        show_log(self.session, rest)
-
-    def _cmd_replay(self, rest: list[str]) -> None:
-        from .log_cmd import replay_command
-
-        replay_command(self.session, rest)
+            _fail(exc)
 
     # --- hooks and lifecycle ---------------------------------------------------------
 
@@ -227,7 +119,8 @@ class MiraiMagics(Magics):
 
         cell_finished(self, result)  # an enqueue: embedding runs on the engine thread
 
-    def _namespace(self) -> dict[str, Any]:
+    def namespace(self) -> dict[str, Any]:
+        """The user namespace with Err[n] on top, as `{…}` interpolation and `--out` see it."""
         ns = self.shell.user_ns
         return _LayeredNamespace(ns, {"Err": self.errors})
 

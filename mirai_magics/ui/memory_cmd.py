@@ -1,10 +1,4 @@
-"""`%mirai memory …` subcommands and the hooks that feed the memory from executed cells.
-
-    %mirai memory search "how did we load the data" [-k N]
-    %mirai memory stats
-    %mirai memory forget 12        (or: forget all)
-    %mirai memory rebuild
-    %mirai memory learn 'docs/**/*.md'
+"""What `%mirai memory …` does (declared in commands.py) and the hooks that feed the memory.
 
 The post_run_cell hook only builds a small event and enqueues it. Cells run before the
 session exists (it starts with the first `%mirai`/`%%mirai`) wait in a bounded backlog,
@@ -26,10 +20,6 @@ from .status import show_grid
 
 BACKLOG = 2000  # cells kept while no session exists yet
 OUTPUT_CAP = 4000  # characters taken from a result's repr in the hook (the config cuts further)
-USAGE = (
-    'usage: %mirai memory search "QUERY" [-k N] | stats | forget N|all | rebuild | '
-    "learn PATH_OR_GLOB"
-)
 SEARCH_WAIT_S = 30.0
 
 # --- hooks (hot path) ---------------------------------------------------------------------
@@ -117,62 +107,39 @@ def _add(memory: Any, event: CellEvent) -> None:
     )
 
 
-# --- the command --------------------------------------------------------------------------
+# --- the subcommands (declared in commands.py) ----------------------------------------
 
 
-def memory_command(magics: Any, rest: list[str]) -> None:
-    """Dispatch `%mirai memory SUBCOMMAND ARGS…`."""
+def open_memory(magics: Any) -> Any:
+    """The session's memory with the backlog handed over; refused when memory is disabled."""
     session = magics.session
     memory = session.memory
     _hand_over(magics, memory)
-    handlers = {
-        "search": _search,
-        "stats": _stats,
-        "forget": _forget,
-        "rebuild": _rebuild,
-        "learn": _learn,
-    }
-    if not rest or rest[0] not in handlers:
-        got = f"unknown memory command {rest[0]!r}" if rest else "which memory command?"
-        raise UsageError(got, hint=USAGE)
     if not session.config.memory.enabled:
         raise UsageError("memory is disabled", hint="set memory.enabled: true in the config")
-    handlers[rest[0]](memory, rest[1:])
+    return memory
 
 
-def _search(memory: Any, args: list[str]) -> None:
-    k, words = None, []
-    it = iter(args)
-    for word in it:
-        if word in ("-k", "--k"):
-            value = next(it, "")
-            if not value.isdigit():
-                raise UsageError(f"-k needs a number, got {value!r}", hint=USAGE)
-            k = int(value)
-        else:
-            words.append(word)
-    query = " ".join(words).strip()
-    if not query:
-        raise UsageError("search needs a query", hint=USAGE)
+def search(memory: Any, query: str, k: int | None) -> None:
+    if not query.strip():
+        raise UsageError("search needs a query", hint='e.g. `search "how did we load the data"`')
     memory.flush(SEARCH_WAIT_S)
-    show_hits(query, memory.search(query, k))
+    show_hits(query.strip(), memory.search(query.strip(), k))
 
 
-def _stats(memory: Any, args: list[str]) -> None:
+def stats(memory: Any) -> None:
     from .status import show_table
 
     show_table("mirai memory", memory.stats())
 
 
-def _forget(memory: Any, args: list[str]) -> None:
+def forget(memory: Any, what: str) -> None:
     from .render import show_note
 
-    if len(args) != 1:
-        raise UsageError("forget needs one argument", hint="`forget N` (In[N]) or `forget all`")
-    show_note(memory.forget(args[0]))
+    show_note(memory.forget(what))
 
 
-def _rebuild(memory: Any, args: list[str]) -> None:
+def rebuild(memory: Any) -> None:
     from .render import show_note
 
     description = memory.rebuild()
@@ -180,17 +147,17 @@ def _rebuild(memory: Any, args: list[str]) -> None:
     show_note(f"memory rebuilt: {description}")
 
 
-def _learn(memory: Any, args: list[str]) -> None:
+def learn(memory: Any, pattern: str) -> None:
     from .render import show_note
     from .stream import stream_enabled
 
-    if not args:
+    if not pattern.strip():
         raise UsageError("learn needs a path or a glob", hint="e.g. `learn 'docs/**/*.md'`")
     live = stream_enabled(
         None, os.environ.get("MIRAI_STREAM"), memory.session.config.defaults.stream
     )
     bar = TextProgress("learn", live)
-    report = memory.learn(" ".join(args), bar)
+    report = memory.learn(pattern, bar)
     show_note(report.summary())
 
 

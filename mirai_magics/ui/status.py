@@ -8,9 +8,11 @@ from typing import Any
 from IPython.display import display
 
 from ..quantiles import percentile
+from ..text import clip
+from .defaults import CellDefaults
 
 
-def status_rows(session: Any) -> list[tuple[str, str]]:
+def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
     """(label, value) rows: calls, errors, retries, latency, breakers, then budgets and memory."""
     records = list(session.records)
     latencies = [r.latency_ms for r in records if r.ok]
@@ -20,7 +22,7 @@ def status_rows(session: Any) -> list[tuple[str, str]]:
             "endpoint",
             "offline server" if session.offline else (session.base_url or "api.openai.com"),
         ),
-        ("default profile", session.default_profile),
+        ("default profile", defaults.profile),
         ("calls", str(len(records))),
         ("errors", str(sum(1 for r in records if not r.ok))),
         ("retries", str(sum(len(r.retry_reasons) for r in records))),
@@ -35,13 +37,13 @@ def status_rows(session: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def show_status(session: Any) -> None:
-    rows = status_rows(session)
+def show_status(session: Any, defaults: CellDefaults) -> None:
+    rows = status_rows(session, defaults)
     show_table("mirai status", rows)
 
 
 def show_history(messages: list[dict[str, Any]]) -> None:
-    rows = [(m["role"], _clip(str(m.get("content", "")))) for m in messages]
+    rows = [(m["role"], clip(m.get("content", ""), 120)) for m in messages]
     show_table(f"history: {len(messages)} messages", rows or [("(empty)", "")])
 
 
@@ -59,11 +61,6 @@ def show_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f} ms"
-
-
-def _clip(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def text_grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from IPython.display import display
 
+from ..client.loop import StreamRestart
+from ..client.records import Reply
 from .render import answer_bundle
 
 
@@ -50,10 +52,8 @@ def stream_enabled(option: bool | None, env_value: str | None, default: bool) ->
     return default
 
 
-def consume(stream: Any, view: StreamView) -> Any:
-    """Feed a ``session.stream_chat`` iterator into ``view``; returns the final Reply."""
-    from ..session import StreamRestart
-
+def consume(stream: Iterator[Any], view: StreamView) -> Reply:
+    """Feed a ``Session.stream_chat`` iterator into ``view``; returns the final Reply."""
     for item in stream:
         if isinstance(item, str):
             view.add(item)

@@ -1,31 +1,35 @@
-"""`%mirai picker`: an ipywidgets panel bound to the session's default profile and overrides."""
+"""`%mirai picker`: an ipywidgets panel bound to the cells' default profile and overrides."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .defaults import CellDefaults
+
 
 def picker_state(
-    session: Any, profile: str, temperature: float | None, max_tokens: int | None
+    config: Any,
+    defaults: CellDefaults,
+    profile: str,
+    temperature: float | None,
+    max_tokens: int | None,
 ) -> None:
-    """Apply a picker choice to the session (pure state change, testable without widgets)."""
-    prof = session.config.profile(profile)
+    """Apply a picker choice to ``defaults`` (a plain state change, testable without widgets)."""
+    prof = config.profile(profile)
     overrides: dict[str, Any] = {}
     if temperature is not None and prof.kind != "reasoning":
         overrides["temperature"] = min(temperature, prof.max_temperature)
     if max_tokens:
         overrides["max_tokens"] = int(max_tokens)
-    session.default_profile = profile
-    session.default_overrides = overrides
+    defaults.use(profile, overrides)
 
 
-def model_picker(session: Any) -> Any:
+def model_picker(config: Any, defaults: CellDefaults) -> Any:
     """Profile dropdown, temperature slider (capped at the profile's maximum), max-tokens field."""
     import ipywidgets as w
 
-    config = session.config
     names = config.chat_profiles()
-    dropdown = w.Dropdown(options=names, value=session.default_profile, description="profile")
+    dropdown = w.Dropdown(options=names, value=defaults.profile, description="profile")
     slider = w.FloatSlider(min=0.0, step=0.05, description="temperature", readout_format=".2f")
     tokens = w.BoundedIntText(min=1, max=128_000, description="max tokens")
     summary = w.HTML()
@@ -33,13 +37,13 @@ def model_picker(session: Any) -> Any:
     def load_profile(name: str) -> None:
         prof = config.profiles[name]
         slider.max = prof.max_temperature
-        slider.value = session.default_overrides.get("temperature", prof.temperature or 0.0)
+        slider.value = defaults.overrides.get("temperature", prof.temperature or 0.0)
         slider.disabled = prof.kind == "reasoning"
-        tokens.value = session.default_overrides.get("max_tokens", prof.output_cap or 1024)
+        tokens.value = defaults.overrides.get("max_tokens", prof.output_cap or 1024)
 
     def apply(_change: Any = None) -> None:
         temperature = None if slider.disabled else slider.value
-        picker_state(session, dropdown.value, temperature, tokens.value)
+        picker_state(config, defaults, dropdown.value, temperature, tokens.value)
         prof = config.profiles[dropdown.value]
         summary.value = (
             f"<code>next %%mirai → {dropdown.value}/{prof.model}, "

@@ -1,0 +1,225 @@
+"""Every `%mirai` subcommand, declared once: name, arguments, summary (docstring) and handler.
+
+A handler gets the magics object and the parsed arguments; it imports what it needs when it
+runs, so `%load_ext` stays light. Add one with `@subcommand("name")` plus `@magic_arguments()`
+and `@argument(...)` lines (as on any IPython magic): dispatch, `-h` and the help pages follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..errors import UsageError
+from .registry import Registry
+
+COMMANDS = Registry("mirai", "The line commands of mirai_magics (`%%mirai?` shows the cell magic).")
+subcommand = COMMANDS.register
+Args = argparse.Namespace
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}")
+    return int(text)
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"needs a number 0–65535, got {text!r}")
+    return int(text)
+
+
+@subcommand("status")
+def status(magics: Any, args: Args) -> None:
+    """Calls, errors, retries, latency, breakers, budgets and memory of this session."""
+    from .status import show_status
+
+    show_status(magics.session, magics.defaults)
+
+
+@subcommand("use")
+@magic_arguments()
+@argument("profile", metavar="PROFILE", help="a chat profile of the config, e.g. heavy")
+def use(magics: Any, args: Args) -> None:
+    """Make PROFILE the default of the next `%%mirai` cells.
+
+    The picker's temperature and max-tokens choices are dropped with the old profile.
+
+    Example::
+
+        %mirai use heavy
+    """
+    from .render import show_note
+
+    config = magics.session.config
+    profiles = config.chat_profiles()
+    if args.profile not in profiles:
+        raise UsageError(
+            f"unknown profile {args.profile!r}", hint=f"use one of: {', '.join(profiles)}"
+        )
+    magics.defaults.use(args.profile)
+    show_note(f"default profile: {args.profile} ({config.profiles[args.profile].model})")
+
+
+@subcommand("config")
+def show_config(magics: Any, args: Args) -> None:
+    """The effective configuration as JSON, secrets redacted."""
+    import json
+
+    from ..redact import redact_all
+
+    print(redact_all(json.dumps(magics.session.config.redacted(), indent=2)))
+
+
+@subcommand("fix")
+def fix(magics: Any, args: Args) -> None:
+    """Ask `heavy` to explain the last error and correct the cell that raised it."""
+    from .cell import run_cell
+    from .fix import fix_request
+
+    request = fix_request(magics.errors, magics.shell.user_ns.get("In", []))
+    run_cell(request, magics.session, magics.shell, magics.namespace())
+
+
+@subcommand("picker")
+def picker(magics: Any, args: Args) -> None:
+    """A panel (profile, temperature, max tokens) that sets the next cells' defaults."""
+    from IPython.display import display
+
+    from .widgets import model_picker
+
+    panel = model_picker(magics.session.config, magics.defaults)
+    display(panel)  # displayed, not returned: no Out[] entry
+    magics.shell.user_ns["_mirai_picker"] = panel
+
+
+@subcommand("history")
+def history(magics: Any, args: Args) -> None:
+    """The conversation history the next cell sends."""
+    from .status import show_history
+
+    show_history(magics.session.history.window())
+
+
+@subcommand("reset")
+def reset(magics: Any, args: Args) -> None:
+    """Clear the conversation history."""
+    from .render import show_note
+
+    magics.session.history.clear()
+    show_note("history cleared")
+
+
+@subcommand("reload")
+def reload(magics: Any, args: Args) -> None:
+    """Re-read the config file and the API key (e.g. after rotating the key)."""
+    from .render import show_note
+
+    magics.session.reload()
+    show_note(f"config and API key re-read from {magics.session.config.source}")
+
+
+memory = COMMANDS.group("memory", "Search, inspect and feed the notebook memory.")
+
+
+@memory.register("search")
+@magic_arguments()
+@argument("query", nargs="*", metavar="QUERY", help="what to look for, e.g. how did we load the data")
+@argument("-k", type=count, default=None, metavar="N", help="how many hits (default: memory.top_k)")
+def memory_search(magics: Any, args: Args) -> None:
+    """The cells and learned files closest in meaning to QUERY, best first.
+
+    Example::
+
+        %mirai memory search "how did we load the data" -k 3
+    """
+    from . import memory_cmd
+
+    memory_cmd.search(memory_cmd.open_memory(magics), " ".join(args.query), args.k)
+
+
+@memory.register("stats")
+def memory_stats(magics: Any, args: Args) -> None:
+    """Entries, embedder, index and files of the memory."""
+    from . import memory_cmd
+
+    memory_cmd.stats(memory_cmd.open_memory(magics))
+
+
+@memory.register("forget")
+@magic_arguments()
+@argument("what", metavar="N|all", help="the cell In[N], or all (a copy of the file is kept)")
+def memory_forget(magics: Any, args: Args) -> None:
+    """Drop one cell from the memory, or everything."""
+    from . import memory_cmd
+
+    memory_cmd.forget(memory_cmd.open_memory(magics), args.what)
+
+
+@memory.register("rebuild")
+def memory_rebuild(magics: Any, args: Args) -> None:
+    """Rebuild the vector index from the stored entries."""
+    from . import memory_cmd
+
+    memory_cmd.rebuild(memory_cmd.open_memory(magics))
+
+
+@memory.register("learn")
+@magic_arguments()
+@argument("pattern", nargs="*", metavar="PATH_OR_GLOB", help="files to index, e.g. 'docs/**/*.md'")
+def memory_learn(magics: Any, args: Args) -> None:
+    """Index text files (unchanged ones are skipped) so cells can retrieve them.
+
+    Example::
+
+        %mirai memory learn 'docs/**/*.md'
+    """
+    from . import memory_cmd
+
+    memory_cmd.learn(memory_cmd.open_memory(magics), " ".join(args.pattern))
+
+
+@subcommand("metrics")
+@magic_arguments()
+@argument("--port", type=port, default=None, metavar="N", help="0 picks a free port")
+@argument("--stop", action="store_true", help="stop the endpoint")
+def metrics(magics: Any, args: Args) -> None:
+    """Serve this session's Prometheus metrics on 127.0.0.1 (idempotent), or stop them."""
+    from .metrics_cmd import metrics_command
+
+    metrics_command(magics.session, args.port, args.stop)
+
+
+@subcommand("log")
+@magic_arguments()
+@argument("-n", "--limit", type=count, default=10, metavar="N", help="how many (default 10)")
+@argument("--json", action="store_true", help="print the calls as JSON")
+def log(magics: Any, args: Args) -> None:
+    """The last calls in the call log: time, cell, model, tokens, latency, outcome."""
+    from .log_cmd import show_log
+
+    show_log(magics.session, args.limit, args.json)
+
+
+@subcommand("replay")
+@magic_arguments()
+@argument("target", metavar="PATH|off|status", help="a recording to answer from, off, or status")
+@argument("--fallthrough", action="store_true", help="send calls not in the recording live")
+def replay(magics: Any, args: Args) -> None:
+    """Answer calls from a recording (strict unless --fallthrough), stop, or show it."""
+    from .log_cmd import replay_command
+
+    replay_command(magics.session, args.target, args.fallthrough)
+
+
+@subcommand("help")
+@magic_arguments()
+@argument("names", nargs="*", metavar="SUBCOMMAND", help="e.g. log, or memory search")
+def help_page(magics: Any, args: Args) -> None:
+    """This page, or the usage of one subcommand (`%mirai help log`)."""
+    print(COMMANDS.help_for(args.names) if args.names else magics.mirai.__doc__)

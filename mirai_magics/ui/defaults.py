@@ -1,0 +1,22 @@
+"""What a `%%mirai` cell uses when it names no profile: set by `%mirai use` and the picker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CellDefaults:
+    """The default profile and its overrides: UI state, kept by the magics, not the session."""
+
+    profile: str = "main"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def use(self, profile: str, overrides: dict[str, Any] | None = None) -> None:
+        """Switch in place: the magics and a displayed picker share this one object."""
+        self.profile, self.overrides = profile, dict(overrides or {})
+
+    def overrides_for(self, profile: str) -> dict[str, Any]:
+        """A copy of the overrides when ``profile`` is the default one (they were picked for it)."""
+        return dict(self.overrides) if profile == self.profile else {}
