@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -80,11 +81,53 @@ class LoopThread:
         self.loop.close()
 
 
+class SameThreadEngine:
+    """Experiment: the engine's loop driven by the calling thread (no thread hop at all).
+
+    Stands in for `EngineLoop` on a second Session, to measure what `Session.chat` would cost
+    if the sync facade ran the coroutine on the caller's thread; not how mirai works today.
+    """
+
+    name = "same-thread"
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    @property
+    def running(self) -> bool:
+        return not self.loop.is_closed()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def submit(self, coro: Any) -> Any:
+        raise NotImplementedError("the experiment covers Session.chat only")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if not self.loop.is_closed():
+            self.loop.close()
+
+
+def with_switch_interval(call: Callable[[], Any], seconds: float) -> Callable[[], Any]:
+    """Experiment: ``call`` with the GIL switch interval lowered while it runs."""
+
+    def run() -> Any:
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(seconds)
+        try:
+            return call()
+        finally:
+            sys.setswitchinterval(old)
+
+    return run
+
+
 class Clients:
     """Every client of the comparison, pointed at one server; ``calls`` maps name → sync call."""
 
-    def __init__(self, url: str, session: Session):
+    def __init__(self, url: str, session: Session, experiments: Session | None = None):
         self.session = session
+        self.experiment_session = experiments
         self.direct_loop = asyncio.new_event_loop()
         self.raw = AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0)
         self.loop_thread = LoopThread()
@@ -102,6 +145,11 @@ class Clients:
             "session": lambda: session.chat(MESSAGES),
             "raw_sync": lambda: self.sync.chat.completions.create(messages=MESSAGES, **PARAMS),
         }
+        if experiments is not None:
+            self.calls["exp_same_thread"] = lambda: experiments.chat(MESSAGES)
+            self.calls["exp_switch_0.5ms"] = with_switch_interval(
+                lambda: session.chat(MESSAGES), 0.0005
+            )
         self.langchain: Any = None
         try:
             from langchain_openai import ChatOpenAI
@@ -176,6 +224,9 @@ def report(condition: str, samples: dict[str, list[float]], stack: str, extra: s
         )
     else:
         print(f"peer_langchain_overhead_ms_p50=skipped ({condition})")
+    for name in [n for n in samples if n.startswith("exp_")]:
+        exp = paired_p50(samples, name, "raw_async")
+        print(f"experiment_{name[4:]}_overhead_ms_p50={exp:.3f} ({condition})")
     verdict = "met" if added <= TARGET_MS else "missed"
     print(f"target_overhead_le_{TARGET_MS}ms={verdict} ({condition})")
 
@@ -190,8 +241,13 @@ def overhead(args: argparse.Namespace) -> None:
     wanted = [c for c in args.conditions.split(",") if c]
     with offline_server(args.server) as url:
         config = parse_config(f"endpoint: {{base_url: '{url}'}}\n{BENCH_CONFIG}", "bench")
-        with Session(config) as session:
-            clients = Clients(url, session)
+        with Session(config) as session, contextlib.ExitStack() as stack:
+            experiments = None
+            if args.experiments:
+                experiments = stack.enter_context(Session(config))
+                experiments.engine = SameThreadEngine()
+                experiments.chat(MESSAGES)
+            clients = Clients(url, session, experiments)
             try:
                 session.chat(MESSAGES)
                 parts = [
@@ -255,6 +311,12 @@ def main() -> None:
         "--switch-interval-ms", type=float, default=None, help="experiment: sys.setswitchinterval"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--experiments",
+        action="store_true",
+        help="also time Session.chat driven on the calling thread (no hop) and with the GIL "
+        "switch interval lowered to 0.5 ms during the call: measurements for proposals",
+    )
     parser.add_argument("--chaos-calls", type=int, default=500, help="0 skips the chaos section")
     args = parser.parse_args()
     os.environ["OPENAI_API_KEY"] = KEY

@@ -23,6 +23,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     ipython.events.register("post_run_cell", magics.post_run_cell)
     _loaded[id(ipython)] = magics
+    magics.start_warm_up()  # the first answer should not pay for imports and connections
 
 
 def unload_ipython_extension(ipython: Any) -> None:

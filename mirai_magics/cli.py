@@ -83,7 +83,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .session import Session
 
     with Session() as session:
-        where = "the offline server (no API key set)" if session.offline else session.base_url
+        where = (
+            "the offline server (no API key set)"
+            if session.endpoint.offline
+            else session.endpoint.base_url
+        )
         print(f"mirai demo — talking to {where}\n")
         messages = [{"role": "user", "content": "Say hello to the notebook in one sentence."}]
         print("streamed call:")
@@ -95,10 +99,10 @@ def _demo(args: argparse.Namespace) -> int:
                 reply = item
         print("\n")
         _print_record(reply.record if reply else None)
-        if not session.offline:
+        if not session.endpoint.offline:
             print("\n(fault injection needs the offline server; unset the API key to see it)")
             return 0
-        session.server.script(["500", "429", "ok"])
+        session.endpoint.server.script(["500", "429", "ok"])
         print("\nfailing-then-retried call (the server answers 500, then 429, then 200):")
         reply = session.chat(messages, "heavy")
         print(reply.text, "\n")

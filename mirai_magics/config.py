@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .redact import REDACTED, looks_like_key
 
 KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password", "token"}
@@ -270,10 +270,17 @@ class Config(Strict):
         try:
             return self.profiles[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown profile {name!r}",
-                hint=f"use one of: {', '.join(self.chat_profiles())}",
-            ) from None
+            raise ConfigError(*self._unknown_profile(name)) from None
+
+    def chat_profile(self, name: str) -> Profile:
+        """The named chat profile (what a cell or `%mirai use` may ask for), or a UsageError."""
+        if name not in self.chat_profiles():
+            message, hint = self._unknown_profile(name)
+            raise UsageError(message, hint=hint)
+        return self.profiles[name]
+
+    def _unknown_profile(self, name: str) -> tuple[str, str]:
+        return f"unknown profile {name!r}", f"use one of: {', '.join(self.chat_profiles())}"
 
     def chat_profiles(self) -> list[str]:
         """Profiles that answer chat requests (not embeddings)."""

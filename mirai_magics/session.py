@@ -9,12 +9,11 @@ state (the magics do); ``chat``/``stream_chat``/``embed`` are a sync facade over
 
 from __future__ import annotations
 
-import getpass
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .client.endpoint import Endpoint, session_user
 from .client.loop import EngineLoop, StreamRestart, stream
 from .client.observers import Collect
 from .client.records import CallRecord, Reply
@@ -22,7 +21,6 @@ from .config import Config, load_config
 from .history import History
 from .prompt import Prepared, prepare
 
-OFFLINE_KEY = "offline-no-key-needed"
 __all__ = ["Session", "StreamRestart"]
 
 
@@ -56,12 +54,12 @@ class Session:
         self.replay: Any = replay_from_env()  # MIRAI_REPLAY, or `%mirai replay PATH`
         self._client: Any = None
         self._client_lock = threading.Lock()
-        self._server: Any = None
+        self.endpoint: Endpoint | None = None
         self._memory: Any = None
         self._apply(config or load_config(config_path))
 
     def __repr__(self) -> str:
-        state = "offline" if self.offline else (self.base_url or "api.openai.com")
+        state = "offline" if self.endpoint.offline else (self.endpoint.base_url or "api.openai.com")
         return f"<mirai Session {state}, {len(self.records)} calls>"
 
     # --- the parts, from the config ----------------------------------------------------
@@ -74,6 +72,7 @@ class Session:
 
         self._close_client()  # endpoint, key and organization are read when it is rebuilt
         old, self.config = getattr(self, "config", None), config
+        self.endpoint = Endpoint(config, previous=self.endpoint)
         self.history.max_messages = config.context.max_history_messages
         if self.policy is None or quota_settings(old) != quota_settings(config):
             kwargs = {k: v for k, v in (("clock", self._clock), ("sleep", self._sleep)) if v}
@@ -93,31 +92,8 @@ class Session:
         return self.config.memory.enabled and self.memory_switch is not False
 
     @property
-    def api_key_present(self) -> bool:
-        return bool(os.environ.get(self.config.security.api_key_env_var))
-
-    @property
-    def offline(self) -> bool:
-        """True when calls go to the bundled offline server started by this session."""
-        return self.config.endpoint.base_url is None and not self.api_key_present
-
-    @property
-    def base_url(self) -> str | None:
-        return self.server.url if self.offline else self.config.endpoint.base_url
-
-    @property
-    def server(self) -> Any:
-        """The in-process offline server, started on first use."""
-        if self._server is None:
-            from .server import OfflineServer
-
-            seed = self.config.testing.offline_server.seed
-            self._server = OfflineServer(port=0, seed=seed).start()
-        return self._server
-
-    @property
     def user(self) -> str:
-        return self.config.limits.user or os.environ.get("MIRAI_USER") or _os_user()
+        return session_user(self.config)
 
     @property
     def client(self) -> Any:
@@ -130,19 +106,12 @@ class Session:
         return self._client
 
     async def _build_client(self) -> Any:
-        from openai import AsyncOpenAI
-
         from .client.client import ResilientClient
 
-        key = os.environ.get(self.config.security.api_key_env_var) or OFFLINE_KEY
-        endpoint = self.config.endpoint
-        sdk = AsyncOpenAI(
-            api_key=key, base_url=self.base_url, organization=endpoint.organization, max_retries=0
-        )
         observers = [Collect(self.records, keep=1000), *self.policy.rules, self.telemetry]
         client = ResilientClient(
             self.config,
-            sdk,
+            self.endpoint.sdk(),
             clock=self.policy.clock,
             sleep=self.policy.sleep,
             policy=self.policy,
@@ -158,8 +127,17 @@ class Session:
         if self._memory is None:
             from .memory import NotebookMemory
 
-            self._memory = NotebookMemory(self)
+            self._memory = NotebookMemory(self, metrics=self.telemetry)
         return self._memory
+
+    def warm(self) -> None:
+        """Do the first call's one-time work now: imports, the SDK client, the offline server
+        (with one loopback request to it) and the memory files."""
+        client = self.client
+        if self.endpoint.offline:
+            self.engine.run(_list_models(client.sdk))
+        if self.memory_enabled:
+            self.memory.state()
 
     # --- sync facade ----------------------------------------------------------------
 
@@ -216,10 +194,10 @@ class Session:
 
     def reload(self, config_path: str | None = None, *, memory: bool | None = None) -> None:
         """Re-read the config file (``config_path`` if given) and the API key; rebuild."""
+        config = load_config(config_path or self.config_path)  # a bad file changes nothing
         self.config_path = config_path or self.config_path
-        if memory is not None:
-            self.memory_switch = memory
-        self._apply(load_config(self.config_path))  # a bad file raises: nothing changes
+        self.memory_switch = self.memory_switch if memory is None else memory
+        self._apply(config)
 
     def set_replay(self, replay: Any) -> None:
         """Answer chat calls from a recording (a ``replay.Replay``), or go live with None."""
@@ -252,9 +230,7 @@ class Session:
                 self._memory.close()
         finally:
             self.engine.stop()
-            server, self._server = self._server, None
-            if server is not None:
-                server.stop()
+            self.endpoint.close()
 
     def __enter__(self) -> Session:
         return self
@@ -263,8 +239,5 @@ class Session:
         self.close()
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+async def _list_models(sdk: Any) -> None:
+    await sdk.models.list()

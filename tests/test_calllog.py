@@ -163,7 +163,8 @@ def test_conversation_follows_the_history(make, tmp_path):
     def cell(text: str) -> None:
         request = CellRequest(text=text, profile="main", fmt="markdown", overrides={})
         prepared = session.prepare(text, request)
-        session.remember(prepared, session.send_prepared(prepared))
+        reply = session.chat(prepared.messages, "main", **prepared.send_kwargs())
+        session.history.append_turn(prepared.user_text, reply.text)
 
     cell("first")
     cell("second, with the first turn as history")

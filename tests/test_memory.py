@@ -168,7 +168,7 @@ def test_prompt_gets_memory_block_and_badge_flag(make_session, server):
     session.memory.current_cell = ("cell-1", CELLS[0][0])
     excluded = session.prepare(request.text, request)
     assert all("DictReader" not in m["content"] for m in excluded.messages)
-    reply = session.chat(prepared.messages, prepared.profile, **prepared.overrides)
+    reply = session.chat(prepared.messages, prepared.profile, **prepared.send_kwargs())
     assert "DictReader" in server.stats_snapshot()["recent"][-1]["body"]["messages"][1]["content"]
     assert reply.text
 
@@ -181,7 +181,7 @@ def test_memory_failure_is_a_flag_not_an_error(home, server, monkeypatch):
         request = CellRequest(text="hello", profile="main", fmt="markdown", overrides={})
         prepared = session.prepare("hello", request)
         assert prepared.flags and prepared.flags[0].startswith("memory unavailable: ")
-        assert session.chat(prepared.messages, prepared.profile, **prepared.overrides).text
+        assert session.chat(prepared.messages, prepared.profile, **prepared.send_kwargs()).text
 
 
 def test_missing_or_corrupt_index_file_is_rebuilt(make_session, home):

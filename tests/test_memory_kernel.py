@@ -74,7 +74,8 @@ def entries_in(home: Path) -> int:
 
 def test_restart_keeps_memory_and_reembeds_nothing(server, tmp_path):
     server.reset()
-    with Kernel(tmp_path, online_env(server, tmp_path)) as k:
+    # warm-up off: the session (and openai) start with the first %mirai, as before it
+    with Kernel(tmp_path, online_env(server, tmp_path, MIRAI_WARM="0")) as k:
         k.run("%load_ext mirai_magics")
         for cell in CELLS:  # before any %mirai: they wait in the backlog
             k.run(cell)

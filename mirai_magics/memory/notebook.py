@@ -111,7 +111,7 @@ class NotebookMemory:
 
         config = self.session.config
         home = home_dir(config)
-        embedder = choose_embedder(config, self.session.offline)
+        embedder = choose_embedder(config, self.session.endpoint.offline)
         store = Store(home / "memory.sqlite")
         try:
             path = home / "memory.usearch"

@@ -12,7 +12,6 @@ from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..errors import UsageError
 from .registry import Registry
 
 COMMANDS = Registry("mirai", "The line commands of mirai_magics (`%%mirai?` shows the cell magic).")
@@ -56,14 +55,9 @@ def use(magics: Any, args: Args) -> None:
     """
     from .render import show_note
 
-    config = magics.session.config
-    profiles = config.chat_profiles()
-    if args.profile not in profiles:
-        raise UsageError(
-            f"unknown profile {args.profile!r}", hint=f"use one of: {', '.join(profiles)}"
-        )
+    profile = magics.session.config.chat_profile(args.profile)
     magics.defaults.use(args.profile)
-    show_note(f"default profile: {args.profile} ({config.profiles[args.profile].model})")
+    show_note(f"default profile: {args.profile} ({profile.model})")
 
 
 @subcommand("config")
@@ -120,7 +114,7 @@ def reload(magics: Any, args: Args) -> None:
     """Re-read the config file and the API key (e.g. after rotating the key)."""
     from .render import show_note
 
-    magics.session.reload()
+    magics.session.reload(magics.config_path, memory=magics.memory_enabled)
     show_note(f"config and API key re-read from {magics.session.config.source}")
 
 
@@ -129,7 +123,7 @@ memory = COMMANDS.group("memory", "Search, inspect and feed the notebook memory.
 
 @memory.register("search")
 @magic_arguments()
-@argument("query", nargs="*", metavar="QUERY", help="what to look for, e.g. how did we load the data")
+@argument("query", nargs="*", metavar="QUERY", help="e.g. how did we load the data")
 @argument("-k", type=count, default=None, metavar="N", help="how many hits (default: memory.top_k)")
 def memory_search(magics: Any, args: Args) -> None:
     """The cells and learned files closest in meaning to QUERY, best first.

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import threading
 import traceback
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, observe
 
 from ..errors import MiraiError
 from .commands import COMMANDS
@@ -28,20 +30,53 @@ class MiraiMagics(Magics):
     memory_enabled = Bool(True, help="Index executed cells and retrieve them into prompts.").tag(
         config=True
     )
+    warm_up = Bool(
+        True,
+        help="After %load_ext, prepare the first call in a background thread (imports, SDK "
+        "client, offline server, memory files); MIRAI_WARM=0 turns it off too.",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
         self._session: Any = None
+        self._session_lock = threading.Lock()  # the warm-up thread and a cell may both ask
         self.errors: dict[int, str] = {}  # Err[n]: traceback text of cell n
         self.defaults = CellDefaults()  # `%mirai use` and the picker: UI state, not the session's
 
     @property
     def session(self) -> Any:
+        """The notebook's Session, built on first use from ``config_path``/``memory_enabled``."""
         if self._session is None:
-            from ..session import Session
+            with self._session_lock:
+                if self._session is None:
+                    from ..session import Session
 
-            self._session = Session(config_path=self.config_path)
+                    self._session = Session(
+                        config_path=self.config_path, memory=self.memory_enabled
+                    )
         return self._session
+
+    @observe("memory_enabled")
+    def _memory_switched(self, change: Any) -> None:
+        """`%config MiraiMagics.memory_enabled = False` stops retrieval at once, not at reload."""
+        if self._session is not None:
+            self._session.memory_switch = change["new"]
+
+    def start_warm_up(self) -> threading.Thread | None:
+        """Warm the first call in a daemon thread (``load_ipython_extension`` calls this)."""
+        if not self.warm_up or os.environ.get("MIRAI_WARM", "").strip() in ("0", "false", "off"):
+            return None
+        thread = threading.Thread(target=self._warm, name="mirai-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def _warm(self) -> None:
+        try:
+            from . import cell, render, stream  # noqa: F401  (the first cell's own imports)
+
+            self.session.warm()
+        except Exception:  # e.g. a config error: the first %%mirai cell reports it, with a hint
+            pass
 
     @magic_arguments()
     # the leading newline keeps the rows indented: IPython's dedent skips a first line only

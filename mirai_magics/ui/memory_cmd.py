@@ -121,10 +121,11 @@ def open_memory(magics: Any) -> Any:
 
 
 def search(memory: Any, query: str, k: int | None) -> None:
-    if not query.strip():
+    query = query.strip()
+    if not query:
         raise UsageError("search needs a query", hint='e.g. `search "how did we load the data"`')
     memory.flush(SEARCH_WAIT_S)
-    show_hits(query.strip(), memory.search(query.strip(), k))
+    show_hits(query, memory.search(query, k))
 
 
 def stats(memory: Any) -> None:

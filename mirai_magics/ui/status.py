@@ -20,7 +20,9 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
     rows = [
         (
             "endpoint",
-            "offline server" if session.offline else (session.base_url or "api.openai.com"),
+            "offline server"
+            if session.endpoint.offline
+            else (session.endpoint.base_url or "api.openai.com"),
         ),
         ("default profile", defaults.profile),
         ("calls", str(len(records))),

@@ -1,0 +1,72 @@
+"""Where calls go and as whom: the configured base URL and key, or the offline server.
+
+With no base URL configured and no API key in the environment, calls go to the bundled
+OpenAI-compatible server on 127.0.0.1, started on first use and kept across reloads.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Any
+
+from ..config import Config
+
+OFFLINE_KEY = "offline-no-key-needed"
+
+
+class Endpoint:
+    """One config's endpoint; ``previous`` hands over an offline server already running."""
+
+    def __init__(self, config: Config, previous: Endpoint | None = None):
+        self.config = config
+        self._server: Any = previous._server if previous is not None else None
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.config.security.api_key_env_var) or None
+
+    @property
+    def offline(self) -> bool:
+        """True when calls go to the bundled offline server."""
+        return self.config.endpoint.base_url is None and self.api_key is None
+
+    @property
+    def base_url(self) -> str | None:
+        return self.server.url if self.offline else self.config.endpoint.base_url
+
+    @property
+    def server(self) -> Any:
+        """The in-process offline server, started on first use."""
+        if self._server is None:
+            from ..server import OfflineServer
+
+            seed = self.config.testing.offline_server.seed
+            self._server = OfflineServer(port=0, seed=seed).start()
+        return self._server
+
+    def sdk(self) -> Any:
+        """A fresh AsyncOpenAI for this endpoint (the SDK never retries: we do)."""
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            api_key=self.api_key or OFFLINE_KEY,
+            base_url=self.base_url,
+            organization=self.config.endpoint.organization,
+            max_retries=0,
+        )
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+
+def session_user(config: Config) -> str:
+    """Whose per-user budget a call spends: ``limits.user``, ``MIRAI_USER``, the OS user."""
+    if config.limits.user or os.environ.get("MIRAI_USER"):
+        return config.limits.user or os.environ["MIRAI_USER"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
