@@ -20,13 +20,17 @@
     same threads spinning 1 ms, sleeping 1 ms: threads that run now and then, as a kernel's
     own threads and other clients' do). Busy threads are bounded in time and stopped at the
     end of their condition. Target: ≤ 0.2 ms added at the p50.
+    ``--experiments`` adds two measurements for proposals (mirai_magics is not changed):
+    `exp_same_thread` (a second Session whose engine loop is driven by the calling thread:
+    no hop) and `exp_switch_0.5ms` (`Session.chat` with `sys.setswitchinterval(0.0005)`
+    while the call runs).
     The server runs in a child process by default (`--server process`), so its thread does
     not compete for this process's GIL; `--server thread` keeps it in-process as before.
 (b) chaos: 500 calls with 20% 429 (Retry-After: 0) and 10% 500 injected; target 100% success,
     and the HTTP requests the server saw (the minimum possible is about 715).
 
     python benchmarks/bench_engine.py [--rounds 400] [--busy-threads 1] [--chaos-calls 500]
-        [--conditions quiet,busy,intermittent] [--server process|thread]
+        [--conditions quiet,busy,intermittent] [--server process|thread] [--experiments]
 """
 
 from __future__ import annotations
@@ -139,9 +143,7 @@ class Clients:
             "raw_async": lambda: self.direct_loop.run_until_complete(
                 create(messages=MESSAGES, **PARAMS)
             ),
-            "raw_async_thread": lambda: self.loop_thread.run(
-                threaded(messages=MESSAGES, **PARAMS)
-            ),
+            "raw_async_thread": lambda: self.loop_thread.run(threaded(messages=MESSAGES, **PARAMS)),
             "session": lambda: session.chat(MESSAGES),
             "raw_sync": lambda: self.sync.chat.completions.create(messages=MESSAGES, **PARAMS),
         }
@@ -259,8 +261,9 @@ def overhead(args: argparse.Namespace) -> None:
                 switch = f"switch_interval_ms={sys.getswitchinterval() * 1000:g}"
                 for index, name in enumerate(wanted):
                     threads, spin, sleep = conditions[name]
+                    seed = args.seed + index
                     with busy_threads(threads, args.max_seconds + 30, spin, sleep) as busy:
-                        samples = rounds_of(clients, args.rounds, args.max_seconds, args.seed + index)
+                        samples = rounds_of(clients, args.rounds, args.max_seconds, seed)
                     extra = f"busy_threads={threads} server={args.server} {switch}"
                     if busy is not None:
                         mode = "spin" if sleep == 0 else f"spin_{spin:g}ms_sleep_{sleep:g}ms"
@@ -296,7 +299,7 @@ def chaos(calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", "--calls", type=int, default=400, dest="rounds")
-    parser.add_argument("--busy-threads", type=int, default=1, help="threads of the busy conditions")
+    parser.add_argument("--busy-threads", type=int, default=1, help="threads of busy conditions")
     parser.add_argument(
         "--conditions",
         default="quiet,busy,intermittent",

@@ -5,6 +5,7 @@ Only the extension hooks live here; everything heavy loads on first use.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -23,7 +24,8 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
     ipython.events.register("post_run_cell", magics.post_run_cell)
     _loaded[id(ipython)] = magics
-    magics.start_warm_up()  # the first answer should not pay for imports and connections
+    # the first answer should not pay for imports and connections: warm them after this cell
+    ipython.events.register("post_run_cell", magics.start_warm_up)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -33,6 +35,8 @@ def unload_ipython_extension(ipython: Any) -> None:
         return
     ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     ipython.events.unregister("post_run_cell", magics.post_run_cell)
+    with contextlib.suppress(ValueError):  # still there when no cell ran since loading
+        ipython.events.unregister("post_run_cell", magics.start_warm_up)
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("mirai", None)
     ipython.magics_manager.registry.pop(type(magics).__name__, None)

@@ -134,6 +134,7 @@ class Session:
         """Do the first call's one-time work now: imports, the SDK client, the offline server
         (with one loopback request to it) and the memory files."""
         client = self.client
+        _ = client.sdk.chat.completions, client.sdk.embeddings  # the SDK imports these lazily
         if self.endpoint.offline:
             self.engine.run(_list_models(client.sdk))
         if self.memory_enabled:

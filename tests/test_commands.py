@@ -164,3 +164,11 @@ def test_use_switches_the_shared_defaults_in_place(make_session, capsys):
     COMMANDS.run(magics, ["use", "fast"])
     assert shared == CellDefaults("fast", {})
     assert ("default profile", "fast") in status_rows(magics.session, shared)
+
+
+def test_the_readme_lists_every_subcommand():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in COMMANDS.entries if f"`%mirai {name}" not in readme]
+    assert not missing, f"README's command table lacks: {missing}"

@@ -47,13 +47,18 @@ class Endpoint:
 
     def sdk(self) -> Any:
         """A fresh AsyncOpenAI for this endpoint (the SDK never retries: we do)."""
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+        url = self.base_url
+        extra: dict[str, Any] = {}
+        if url is not None and url.startswith("http://"):  # plain HTTP: no trust store to load
+            extra["http_client"] = DefaultAsyncHttpxClient(verify=False)
         return AsyncOpenAI(
             api_key=self.api_key or OFFLINE_KEY,
-            base_url=self.base_url,
+            base_url=url,
             organization=self.config.endpoint.organization,
             max_retries=0,
+            **extra,
         )
 
     def close(self) -> None:

@@ -8,11 +8,10 @@ API reported for calls settled within the last minute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Concurrency
@@ -192,16 +191,37 @@ class ConcurrencyCaps:
             self._semaphores[kind] = asyncio.Semaphore(self.caps[kind])
         return self._semaphores[kind]
 
-    @contextlib.asynccontextmanager
-    async def hold(self, kind: str, background: bool) -> AsyncIterator[None]:
+    def hold(self, kind: str, background: bool) -> Slots:
         """Hold a slot of ``kind`` (and a background slot first, for background work)."""
-        kinds = ["background", kind] if background else [kind]
-        async with contextlib.AsyncExitStack() as stack:
-            for name in kinds:  # fixed order: background before kind, so no deadlock
-                await stack.enter_async_context(self._semaphore(name))
-                self.in_flight[name] += 1
-                stack.callback(self._release, name)
-            yield
+        return Slots(self, ("background", kind) if background else (kind,))
 
-    def _release(self, kind: str) -> None:
+    async def acquire(self, kind: str) -> None:
+        await self._semaphore(kind).acquire()
+        self.in_flight[kind] += 1
+
+    def release(self, kind: str) -> None:
         self.in_flight[kind] -= 1
+        self._semaphores[kind].release()
+
+
+class Slots:
+    """``async with``: the slots of ``kinds`` in order (background first: no deadlock)."""
+
+    __slots__ = ("caps", "kinds", "taken")
+
+    def __init__(self, caps: ConcurrencyCaps, kinds: tuple[str, ...]):
+        self.caps, self.kinds, self.taken = caps, kinds, 0
+
+    async def __aenter__(self) -> None:
+        try:
+            for kind in self.kinds:
+                await self.caps.acquire(kind)
+                self.taken += 1
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        while self.taken:
+            self.taken -= 1
+            self.caps.release(self.kinds[self.taken])

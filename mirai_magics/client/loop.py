@@ -1,17 +1,67 @@
 """The engine's own event-loop thread: runs the async core, hands results (and streamed
-chunks) to the kernel thread."""
+chunks) to the kernel thread.
+
+A handoff between threads costs one GIL acquisition, and a thread woken while another runs
+pure Python waits up to ``sys.getswitchinterval()`` (5 ms) for it. So while a kernel thread
+waits for the engine, ``responsive()`` lowers the interval to 0.5 ms (``MIRAI_SWITCH_MS``;
+``0`` keeps Python's default), and restores it when the last waiting call returns.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _POLL_S = 0.1  # bounded waits keep the kernel thread interruptible by Ctrl-C
+SWITCH_MS = 0.5
+
+
+class _Responsive:
+    """Counts the threads waiting on the engine; the first lowers the switch interval."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.saved = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        wanted = _switch_s()
+        if wanted is None:
+            yield
+            return
+        with self.lock:
+            self.waiting += 1
+            if self.waiting == 1:
+                self.saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(wanted, self.saved))
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.waiting -= 1
+                if self.waiting == 0:
+                    sys.setswitchinterval(self.saved)
+
+
+def _switch_s() -> float | None:
+    value = os.environ.get("MIRAI_SWITCH_MS", "").strip()
+    try:
+        ms = float(value) if value else SWITCH_MS
+    except ValueError:
+        ms = SWITCH_MS
+    return ms / 1000 if ms > 0 else None
+
+
+responsive = _Responsive()
 
 
 class Job(Generic[T]):
@@ -20,16 +70,42 @@ class Job(Generic[T]):
     def __init__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]):
         self._loop = loop
         self._done = threading.Event()
-        self._task: asyncio.Task[T] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._cancel_requested = False
+        self._value: Any = None
+        self._error: BaseException | None = None
         context = contextvars.copy_context()  # carries the caller's trace span to the loop
         loop.call_soon_threadsafe(context.run, self._start, coro)
 
     def _start(self, coro: Coroutine[Any, Any, T]) -> None:
-        self._task = self._loop.create_task(coro)
+        try:
+            self._task = self._loop.create_task(self._run(coro))
+        except BaseException as exc:  # not a coroutine, a closing loop: the caller hears it
+            if hasattr(coro, "close"):
+                coro.close()  # never awaited: no "coroutine was never awaited" warning
+            self._finish(exc)
+            return
         if self._cancel_requested:
             self._task.cancel()
-        self._task.add_done_callback(lambda _task: self._done.set())
+        self._task.add_done_callback(self._settled)
+
+    async def _run(self, coro: Coroutine[Any, Any, T]) -> None:
+        # The waiting thread is woken from here, one loop iteration before a done callback.
+        try:
+            self._value = await coro
+        except BaseException as exc:  # CancelledError included: re-raised in result()
+            self._finish(exc)
+        else:
+            self._finish(None)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        """Done callback: covers a task cancelled before its first step."""
+        if not self._done.is_set():
+            self._finish(asyncio.CancelledError() if task.cancelled() else task.exception())
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -37,13 +113,15 @@ class Job(Generic[T]):
     def result(self) -> T:
         """Wait for the result; Ctrl-C cancels the job cleanly, then re-raises."""
         try:
-            while not self._done.wait(_POLL_S):
-                pass
+            with responsive():
+                while not self._done.wait(_POLL_S):
+                    pass
         except KeyboardInterrupt:
             self.cancel()
             raise
-        assert self._task is not None
-        return self._task.result()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
     def cancel(self, wait_s: float = 5.0) -> None:
         """Cancel the task on its loop and wait until it has really finished."""
@@ -144,7 +222,7 @@ def stream(
 
     job = engine.submit(run())
     try:
-        while (item := _get(chunks)) is not _DONE:
+        while (item := _waited(chunks)) is not _DONE:
             yield item
         yield job.result()
     finally:
@@ -152,8 +230,13 @@ def stream(
             job.cancel()
 
 
+def _waited(chunks: queue.SimpleQueue[Any]) -> Any:
+    """Blocking get that stays interruptible by Ctrl-C (and responsive while it waits)."""
+    with responsive():
+        return _get(chunks)
+
+
 def _get(chunks: queue.SimpleQueue[Any]) -> Any:
-    """Blocking get that stays interruptible by Ctrl-C."""
     while True:
         try:
             return chunks.get(timeout=_POLL_S)

@@ -12,10 +12,9 @@ service passing its end users' ids), else to the session user.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Config
@@ -84,26 +83,13 @@ class Policy:
 
     # --- quotas ---------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def admit(
-        self, kind: str, record: CallRecord, background: bool = False
-    ) -> AsyncIterator[None]:
+    def admit(self, kind: str, record: CallRecord, background: bool = False) -> Admission:
         """Request cap → concurrency slot → rate token → token budgets; settle afterwards.
 
         The budget is reserved last, right before sending, so calls queued for a slot or a
         rate token do not hold tokens they have not used yet.
         """
-        try:
-            self._check_request(kind, record.tokens_estimated)
-        except QuotaExceededError as exc:
-            raise self._rejected(record, exc) from None
-        async with self.slots.hold(kind, background):
-            await self._rate_token(kind, record)
-            reservation = self._reserve(kind, record)
-            try:
-                yield
-            finally:
-                reservation.settle((record.tokens_in or 0) + (record.tokens_out or 0))
+        return Admission(self, kind, record, background)
 
     def _check_request(self, kind: str, estimate: int) -> None:
         cap = self.config.limits.tokens.per_request_max
@@ -160,6 +146,39 @@ class Policy:
         rejected = " · ".join(f"{k} {n}" for k, n in sorted(self.rejections.items()))
         rows.append(("quota rejections", rejected or "0"))
         return rows
+
+
+class Admission:
+    """``async with policy.admit(...)``: what one request holds while it is sent."""
+
+    __slots__ = ("kind", "policy", "record", "reservation", "slots")
+
+    def __init__(self, policy: Policy, kind: str, record: CallRecord, background: bool):
+        self.policy, self.kind, self.record = policy, kind, record
+        self.slots = policy.slots.hold(kind, background)
+        self.reservation: Reservation | None = None
+
+    async def __aenter__(self) -> None:
+        policy, record = self.policy, self.record
+        try:
+            policy._check_request(self.kind, record.tokens_estimated)
+        except QuotaExceededError as exc:
+            raise policy._rejected(record, exc) from None
+        await self.slots.__aenter__()
+        try:
+            await policy._rate_token(self.kind, record)
+            self.reservation = policy._reserve(self.kind, record)
+        except BaseException:
+            await self.slots.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.reservation is not None:
+                record = self.record
+                self.reservation.settle((record.tokens_in or 0) + (record.tokens_out or 0))
+        finally:
+            await self.slots.__aexit__(None, None, None)
 
 
 def quota_settings(config: Config | None) -> tuple[Any, Any]:

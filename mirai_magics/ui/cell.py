@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..client.loop import responsive
 from ..errors import MiraiError, UsageError
 from ..telemetry.tracing import span
 from .defaults import CellDefaults
@@ -71,7 +72,7 @@ def request_from_args(
 
 def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
     """Run one request end to end; failures render as one red line and return None."""
-    with span("mirai.cell", profile=request.profile, format=request.fmt):
+    with span("mirai.cell", profile=request.profile, format=request.fmt), responsive():
         return _run_cell(request, session, shell, namespace)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import threading
@@ -18,6 +19,7 @@ from .commands import COMMANDS
 from .defaults import CellDefaults
 
 FORMATS = ("markdown", "code", "text", "json")
+WARM_UP_WAIT_S = 30.0
 
 
 @magics_class
@@ -40,12 +42,17 @@ class MiraiMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._session: Any = None
         self._session_lock = threading.Lock()  # the warm-up thread and a cell may both ask
+        self._warming: threading.Thread | None = None
         self.errors: dict[int, str] = {}  # Err[n]: traceback text of cell n
         self.defaults = CellDefaults()  # `%mirai use` and the picker: UI state, not the session's
 
     @property
     def session(self) -> Any:
         """The notebook's Session, built on first use from ``config_path``/``memory_enabled``."""
+        warming = self._warming
+        if warming is not None and warming is not threading.current_thread():
+            warming.join(WARM_UP_WAIT_S)  # finish the warm-up rather than race it for the GIL
+            self._warming = None
         if self._session is None:
             with self._session_lock:
                 if self._session is None:
@@ -62,11 +69,17 @@ class MiraiMagics(Magics):
         if self._session is not None:
             self._session.memory_switch = change["new"]
 
-    def start_warm_up(self) -> threading.Thread | None:
-        """Warm the first call in a daemon thread (``load_ipython_extension`` calls this)."""
+    def start_warm_up(self, *_: Any) -> threading.Thread | None:
+        """Warm the first call in a daemon thread; ``load_ipython_extension`` has this run
+        once, after the `%load_ext` cell finished (so that cell is not slowed down)."""
+        with contextlib.suppress(ValueError):  # registered once by load_ipython_extension
+            self.shell.events.unregister("post_run_cell", self.start_warm_up)
         if not self.warm_up or os.environ.get("MIRAI_WARM", "").strip() in ("0", "false", "off"):
             return None
+        if self._session is not None:
+            return None  # a %mirai in the same cell already started it
         thread = threading.Thread(target=self._warm, name="mirai-warm-up", daemon=True)
+        self._warming = thread
         thread.start()
         return thread
 
@@ -75,6 +88,7 @@ class MiraiMagics(Magics):
             from . import cell, render, stream  # noqa: F401  (the first cell's own imports)
 
             self.session.warm()
+            _parse(self.mirai, "", self.session.config)  # builds the argument parser's caches
         except Exception:  # e.g. a config error: the first %%mirai cell reports it, with a hint
             pass
 
