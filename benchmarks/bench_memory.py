@@ -65,7 +65,7 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
-def session_for(home: Path, yaml: str = "memory: {embedder: local}") -> Session:
+def session_for(home: Path, yaml: str = "context: {rag: {embedder: local}}") -> Session:
     os.environ["MIRAI_HOME"] = str(home)
     return Session(parse_config(yaml, "bench"))
 
@@ -82,7 +82,7 @@ def hook_cost(calls: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MIRAI_HOME"] = tmp
         magics = MiraiMagics(shell)
-        magics._session = Session(parse_config("memory: {embedder: local}", "bench"))
+        magics._session = Session(parse_config("context: {rag: {embedder: local}}", "bench"))
 
         def result_for(i: int) -> ExecutionResult:
             info = ExecutionInfo(f"x_{i} = compute({i})", True, False, True, f"c{i}")
@@ -191,8 +191,8 @@ def end_to_end_search(n: int, queries: int) -> None:
     """`memory.search` (query embedding, index, SQLite rows) on a store of ``n`` cells."""
     rng = np.random.default_rng(3)
     configs = [
-        "memory: {embedder: local, exact_search_below: 1000000000}",  # exact
-        "memory: {embedder: local}",  # the default: ≥ 50k is HNSW, built in the background
+        "context: {rag: {embedder: local, exact_search_below: 1000000000}}",  # exact
+        "context: {rag: {embedder: local}}",  # the default: ≥ 50k is HNSW, built in the background
     ]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -233,7 +233,7 @@ def rerun_requests(cells: int) -> None:
     rng = np.random.default_rng(4)
     texts = [cell_text(i, rng) for i in range(cells)]
     os.environ["OPENAI_API_KEY"] = KEY
-    yaml = "endpoint: {{base_url: '{}'}}\nmemory: {{embedder: openai}}"
+    yaml = "endpoint: {{base_url: '{}'}}\ncontext: {{rag: {{embedder: openai}}}}"
     with OfflineServer().start() as server, tempfile.TemporaryDirectory() as tmp:
         runs = []
         for _ in range(2):
@@ -254,8 +254,8 @@ def rerun_requests(cells: int) -> None:
 
 
 RESIDENT_CONFIGS = {
-    "exact": "memory: {embedder: local, exact_search_below: 1000000000}",
-    "default": "memory: {embedder: local}",  # past 50k: HNSW, its graph built in the background
+    "exact": "context: {rag: {embedder: local, exact_search_below: 1000000000}}",
+    "default": "context: {rag: {embedder: local}}",  # past 50k: HNSW, graph built in background
 }
 
 

@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark scripts: a fake key, quota-free config, timers, busy threads,
-an out-of-process offline server and paired-round statistics."""
+"""Shared pieces of the benchmark scripts: a fake key, quota-free config, the seed's config,
+timers, busy threads, an out-of-process offline server and paired-round statistics."""
 
 from __future__ import annotations
 
@@ -8,20 +8,54 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 KEY = "sk-test-bench-0000000000000000"
-# The benchmarks measure overhead, not rate shaping: lift the quotas out of the way.
+# The benchmarks measure overhead, not rate shaping: lift the rate and token quotas out of the
+# way (nothing else: retries, backoff, breaker and degradation stay as configured).
 BENCH_CONFIG = """
 limits:
-  requests_per_second: {chat: 1000000, embeddings: 1000000}
-  tokens: {global_per_minute: 1000000000, per_user_per_minute: 1000000000}
+  rps: {chat: 1000000, embeddings: 1000000}
+  tokens: {per_minute: 1000000000, per_user_minute: 1000000000}
 """
+SEED = Path(__file__).resolve().parents[2] / "shared/seed/openai_config.yaml"
 MESSAGES = [{"role": "user", "content": "Summarise the benchmark in one line."}]
-PARAMS = {"model": "gpt-4o-mini", "temperature": 0.25, "top_p": 1.0, "max_tokens": 1024}
+# What `session.chat(MESSAGES)` sends with the seed's main profile, for the raw baselines.
+PARAMS = {
+    "model": "gpt-4o-mini",
+    "temperature": 0.25,
+    "top_p": 0.9,
+    "frequency_penalty": 0.1,
+    "presence_penalty": 0.0,
+    "max_tokens": 2000,
+}
+
+
+def seed_config(url: str, extra: str = BENCH_CONFIG) -> tuple[Any, str]:
+    """The seed's file verbatim over the packaged defaults, then ``extra`` and the endpoint
+    ``url``; (config, a label saying which files). Without the seed file: the packaged
+    default, which carries the seed's values."""
+    from mirai_magics.config import ENV_CONFIG, load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        top = Path(tmp) / "bench.yaml"
+        top.write_text(f"endpoint: {{base_url: '{url}'}}\n{extra}", encoding="utf-8")
+        saved = os.environ.pop(ENV_CONFIG, None)
+        if SEED.is_file():
+            os.environ[ENV_CONFIG] = str(SEED)  # the middle layer: default → seed → bench
+        try:
+            config = load_config(top)
+        finally:
+            os.environ.pop(ENV_CONFIG, None)
+            if saved is not None:
+                os.environ[ENV_CONFIG] = saved
+    label = f"seed:{SEED}" if SEED.is_file() else "packaged-default (seed file absent)"
+    return config, f"{label} + BENCH_CONFIG rate/token quotas lifted"
 
 
 def timed_ms(fn: Callable[[], Any]) -> float:

@@ -191,7 +191,7 @@ def pieces_section(session: Session, condition: str, n: int) -> None:
 
     def build_retrying() -> Any:
         return AsyncRetrying(
-            stop=stop_after_attempt(d.max_attempts)
+            stop=stop_after_attempt(d.max_retries)
             | retry_mod.stop_before_deadline(time.monotonic() + 240, time.monotonic),
             wait=retry_mod.wait_retry_after(
                 retry_mod.backoff(**d.backoff.model_dump()), lambda e: retry_mod.classify(e)

@@ -1,9 +1,10 @@
-"""The `mirai` command: demo, serve, check-config, loadtest, golden."""
+"""The `mirai` command: demo, serve, check-config, alerts, loadtest, golden."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     _add(sub, "demo", "offline demo: a streamed call and a failing-then-retried call", _demo)
     p = _add(sub, "check-config", "validate a config file and print it, secrets redacted", _check)
     p.add_argument("path", nargs="?", help="YAML file layered over the defaults")
+    p = _add(sub, "alerts", "write the Prometheus rule file (recording + alerting rules)", _alerts)
+    p.add_argument("--config", metavar="PATH", help="YAML file layered over the defaults")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     p = _add(sub, "serve", "run the offline OpenAI-compatible server on 127.0.0.1", _serve)
     from .server import add_arguments
 
@@ -64,11 +68,38 @@ def _add_lazy(sub: argparse._SubParsersAction, name: str, help_text: str, module
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The effective config as YAML in the seed's layout; notices and the verdict on stderr."""
+    import yaml
+
     from .config import load_config
+    from .redact import redact_all
 
     config = load_config(args.path)
-    print(json.dumps(config.redacted(), indent=2))
+    key = config.security.api_key_env_var
+    print(f"# api key: {'[REDACTED]' if os.environ.get(key) else '(not set)'} (from ${key})")
+    text = yaml.safe_dump(
+        config.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True
+    )
+    print(redact_all(text), end="")
+    for line in config.notices():
+        print(f"notice: {line}", file=sys.stderr)
     print(f"# valid: {config.source}", file=sys.stderr)
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .telemetry.alerts import render
+
+    config = load_config(args.config)
+    text = render(config.observability, config.source)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"# wrote {args.output}", file=sys.stderr)
     return 0
 
 

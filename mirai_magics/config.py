@@ -3,262 +3,125 @@
 from __future__ import annotations
 
 import os
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError, UsageError
 from .redact import REDACTED, looks_like_key
+from .schema import (
+    UI,
+    Alert,
+    Breaker,
+    CallLog,
+    Chaos,
+    Concurrency,
+    Context,
+    Defaults,
+    Degradation,
+    Endpoint,
+    ErrorRateRule,
+    LatencyRule,
+    Limits,
+    Logging,
+    Metrics,
+    Observability,
+    Price,
+    Profile,
+    Rag,
+    RateLimitRule,
+    Security,
+    Strict,
+    Testing,
+    Tracing,
+)
+
+__all__ = [
+    "UI",
+    "Alert",
+    "Breaker",
+    "CallLog",
+    "Chaos",
+    "Concurrency",
+    "Config",
+    "Context",
+    "Defaults",
+    "Degradation",
+    "Endpoint",
+    "ErrorRateRule",
+    "LatencyRule",
+    "Limits",
+    "Logging",
+    "Metrics",
+    "Observability",
+    "Profile",
+    "Rag",
+    "RateLimitRule",
+    "Security",
+    "Testing",
+    "Tracing",
+    "home_dir",
+    "load_config",
+    "parse_config",
+]
 
 KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password", "token"}
 ENV_CONFIG = "MIRAI_CONFIG"
 ENV_BASE_URLS = ("MIRAI_BASE_URL", "OPENAI_BASE_URL")
+KEY_HINT = "set the environment variable named by security.api_key_env_var instead"
+Layer = tuple[str, str]  # (source, YAML text), in the order they are merged
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class KeyPathError(ValueError):
+    """A validator's complaint about the key at ``loc`` (so the error names its line)."""
 
-
-class Endpoint(Strict):
-    base_url: str | None = None
-    organization: str | None = None
-
-
-class Backoff(Strict):
-    initial_ms: float = Field(200, gt=0)
-    max_ms: float = Field(8000, gt=0)
-    jitter: Literal["full", "none"] = "full"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Backoff:
-        if self.max_ms < self.initial_ms:
-            raise ValueError("max_ms must be ≥ initial_ms")
-        return self
-
-
-class Defaults(Strict):
-    timeout_s: float = Field(90, gt=0)
-    embeddings_timeout_s: float = Field(30, gt=0)
-    max_attempts: int = Field(4, ge=1, le=20)
-    backoff: Backoff = Backoff()
-    retry_after_cap_s: float = Field(60, ge=0)
-    deadline_s: float = Field(240, gt=0)
-    stream: bool = True
-
-
-class Profile(Strict):
-    model: str = Field(min_length=1)
-    kind: Literal["chat", "embedding", "reasoning"] = "chat"
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_temperature: float = Field(2.0, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
-    dimensions: int | None = Field(None, ge=1, le=8192)
-    timeout_s: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _kind_rules(self) -> Profile:
-        if self.kind == "reasoning" and (self.temperature is not None or self.top_p is not None):
-            raise ValueError("a reasoning profile sends no temperature/top_p; remove them")
-        if self.kind == "reasoning" and self.max_tokens is not None:
-            raise ValueError("a reasoning profile uses max_completion_tokens, not max_tokens")
-        if self.temperature is not None and self.temperature > self.max_temperature:
-            raise ValueError(
-                f"temperature {self.temperature} is above max_temperature {self.max_temperature}"
-            )
-        return self
-
-    @property
-    def output_cap(self) -> int:
-        """The most output tokens a call with this profile may produce."""
-        return self.max_completion_tokens or self.max_tokens or 0
-
-
-class Concurrency(Strict):
-    chat: int = Field(16, ge=1)
-    embeddings: int = Field(64, ge=1)
-    background: int = Field(4, ge=1)
-
-
-class RequestsPerSecond(Strict):
-    chat: float = Field(10, gt=0)
-    embeddings: float = Field(50, gt=0)
-
-
-class TokenLimits(Strict):
-    global_per_minute: int = Field(150_000, ge=1)
-    per_user_per_minute: int = Field(10_000, ge=1)
-    per_request_max: int = Field(4096, ge=1)
-
-
-class Limits(Strict):
-    concurrency: Concurrency = Concurrency()
-    requests_per_second: RequestsPerSecond = RequestsPerSecond()
-    max_wait_s: float = Field(10, ge=0)
-    tokens: TokenLimits = TokenLimits()
-    user: str | None = None
-
-
-class Breaker(Strict):
-    failure_threshold: int = Field(5, ge=1)
-    open_s: float = Field(60, gt=0)
-    probe_interval_s: float = Field(30, gt=0)
-    success_threshold: int = Field(2, ge=1)
-
-
-class RateLimitRule(Strict):
-    enabled: bool = True
-    engage_after: int = Field(3, ge=1)
-    window_s: float = Field(60, gt=0)
-    recover_after_s: float = Field(120, gt=0)
-
-
-class LatencyRule(Strict):
-    enabled: bool = True
-    p95_threshold_s: float = Field(20, gt=0)
-    recover_below_s: float = Field(15, gt=0)
-    window_calls: int = Field(50, ge=1)
-    min_calls: int = Field(10, ge=1)
-    max_tokens_factor: float = Field(0.7, gt=0, le=1)
-
-
-class ErrorRateRule(Strict):
-    enabled: bool = True
-    threshold: float = Field(0.05, gt=0, le=1)
-    recover_below: float = Field(0.02, ge=0, le=1)
-    window_calls: int = Field(100, ge=1)
-    min_calls: int = Field(20, ge=1)
-    history_messages: int = Field(6, ge=0)
-
-
-class Rules(Strict):
-    rate_limit_429: RateLimitRule = RateLimitRule()
-    latency_high: LatencyRule = LatencyRule()
-    error_rate_5percent: ErrorRateRule = ErrorRateRule()
-
-
-class Degradation(Strict):
-    fallback_chain: list[str] = ["heavy", "main", "fast"]
-    rules: Rules = Rules()
-
-
-class Context(Strict):
-    max_history_messages: int = Field(12, ge=0)
-    system_prompt_max_tokens: int = Field(1500, ge=1)
-    system_prompt: str = "You are a concise assistant inside a Jupyter notebook."
-
-
-class Memory(Strict):
-    enabled: bool = True
-    dir: str = ".mirai"
-    embedder: Literal["auto", "local", "openai"] = "auto"
-    local_dims: int = Field(256, ge=8, le=4096)
-    top_k: int = Field(4, ge=0, le=100)
-    min_score: float = Field(0.25, ge=-1, le=1)
-    max_tokens: int = Field(1200, ge=0)
-    max_output_chars: int = Field(500, ge=0)
-    exact_search_below: int = Field(50_000, ge=0)
-
-
-class Logging(Strict):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    include_prompts: bool = False
-
-
-class Metrics(Strict):
-    port: int = Field(9090, ge=0, le=65535)
-    latency_buckets_s: list[float] = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60]
-
-
-class Tracing(Strict):
-    enabled: bool = False
-    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
-    service_name: str = "mirai_magics"
-
-
-class CallLog(Strict):
-    enabled: bool = True
-    include_prompts: bool = True
-
-
-class Observability(Strict):
-    logging: Logging = Logging()
-    metrics: Metrics = Metrics()
-    tracing: Tracing = Tracing()
-    call_log: CallLog = CallLog()
-
-
-class Security(Strict):
-    api_key_env_var: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    redact_env_names: list[str] = ["KEY", "TOKEN", "SECRET", "PASSWORD"]
-
-
-class UI(Strict):
-    stream_throttle_ms: float = Field(50, ge=0)
-    default_format: Literal["markdown", "code", "text", "json"] = "markdown"
-
-
-class Price(Strict):
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-
-
-class OfflineServerSettings(Strict):
-    seed: int = 0
-
-
-class LoadTests(Strict):
-    dialogs: int = Field(50, ge=1)
-    turns_per_dialog: int = Field(6, ge=1)
-    duration_s: float = Field(600, gt=0)
-    p95_latency_s: float = Field(15, gt=0)
-    max_error_rate: float = Field(0.03, ge=0, le=1)
-
-
-class Chaos(Strict):
-    fail_429: float = Field(0.1, ge=0, le=1)
-    fail_5xx: float = Field(0.1, ge=0, le=1)
-
-
-class Testing(Strict):
-    offline_server: OfflineServerSettings = OfflineServerSettings()
-    load_tests: LoadTests = LoadTests()
-    chaos: Chaos = Chaos()
+    def __init__(self, loc: tuple[Any, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
 
 
 class Config(Strict):
-    version: Literal[1] = 1
-    endpoint: Endpoint = Endpoint()
+    """The whole file, in the seed's order; ``endpoint``, ``ui``, ``pricing`` are ours."""
+
     defaults: Defaults = Defaults()
-    profiles: dict[str, Profile]
+    models: dict[str, Profile]
     limits: Limits = Limits()
     circuit_breaker: Breaker = Breaker()
     degradation: Degradation = Degradation()
     context: Context = Context()
-    memory: Memory = Memory()
     observability: Observability = Observability()
     security: Security = Security()
-    ui: UI = UI()
-    pricing: dict[str, Price] = {}
     testing: Testing = Testing()
+    endpoint: Endpoint = Endpoint()
+    ui: UI = UI()
+    pricing: dict[str, Price] = Field(default_factory=dict)
     _source: str = PrivateAttr("<defaults>")
 
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
         for i, name in enumerate(self.degradation.fallback_chain):
-            if name not in self.profiles:
-                raise ValueError(
-                    f"degradation.fallback_chain[{i}]: unknown profile {name!r} "
-                    f"(known: {', '.join(self.profiles)})"
+            if name not in self.models:
+                raise KeyPathError(
+                    ("degradation", "fallback_chain", i),
+                    f"unknown profile {name!r} (known: {', '.join(self.models)})",
                 )
-        if "main" not in self.profiles:
-            raise ValueError("profiles: a 'main' profile is required (it is the default)")
+        if "main" not in self.models:
+            raise KeyPathError(("models",), "a 'main' profile is required (it is the default)")
         return self
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        """The ``models:`` section: profile name → its settings."""
+        return self.models
+
+    @property
+    def memory(self) -> Rag:
+        """``context.rag``: the notebook memory's settings."""
+        return self.context.rag
 
     @property
     def source(self) -> str:
@@ -294,12 +157,45 @@ class Config(Strict):
         return None
 
     def timeout_for(self, profile: Profile) -> float:
-        """Per-attempt timeout: the profile's own, else the default for its kind."""
-        if profile.timeout_s is not None:
-            return profile.timeout_s
-        if profile.kind == "embedding":
-            return self.defaults.embeddings_timeout_s
-        return self.defaults.timeout_s
+        """Per-attempt timeout: the profile's own ``timeout_s``, else ``defaults.timeout_s``."""
+        return profile.timeout_s if profile.timeout_s is not None else self.defaults.timeout_s
+
+    def attempts_for(self, profile: Profile) -> int:
+        """Attempts in total: the profile's own ``max_retries``, else ``defaults.max_retries``."""
+        return profile.max_retries if profile.max_retries is not None else self.defaults.max_retries
+
+    def notices(self) -> list[str]:
+        """Seed values this product reads differently or replaces, one line each."""
+        out = [line for name, p in self.models.items() for line in p.notes(name)]
+        rag = self.context.rag
+        if rag.vector_store.lower() not in ("usearch",):
+            out.append(
+                f"context.rag.vector_store: {rag.vector_store!r} is not bundled; the notebook "
+                "memory uses usearch + SQLite"
+            )
+        if not rag.cache_embeddings:
+            out.append(
+                "context.rag.cache_embeddings: false; embeddings are still cached by SHA-256 "
+                "of the content (an unchanged text is never sent twice)"
+            )
+        if rag.update_strategy != "diff":
+            out.append(
+                f"context.rag.update_strategy: {rag.update_strategy!r}; cells are re-embedded "
+                "only when they change (diff)"
+            )
+        metrics, tracing = self.observability.metrics, self.observability.tracing
+        if metrics.provider.lower() != "prometheus":
+            out.append(f"observability.metrics.provider: {metrics.provider!r}; Prometheus is used")
+        if tracing.provider.lower() != "opentelemetry":
+            out.append(
+                f"observability.tracing.provider: {tracing.provider!r}; OpenTelemetry is used"
+            )
+        if self.security.sandbox.enabled:
+            out.append(
+                "security.sandbox: parsed; mirai runs no generated code itself yet "
+                "(--format code puts it into the next cell for you to read and run)"
+            )
+        return out
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data, secrets redacted, ready to print."""
@@ -311,7 +207,7 @@ class Config(Strict):
 
 
 def home_dir(config: Config) -> Path:
-    """Where memory and the call log live: $MIRAI_HOME, else memory.dir under the cwd."""
+    """Where memory and the call log live: $MIRAI_HOME, else context.rag.dir under the cwd."""
     return Path(os.environ.get("MIRAI_HOME") or config.memory.dir).expanduser().resolve()
 
 
@@ -328,23 +224,18 @@ def default_config_path() -> Path:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Packaged default → file named by $MIRAI_CONFIG → explicit ``path``; then env overrides."""
-    layers = [default_config_path()]
+    paths = [default_config_path()]
     if os.environ.get(ENV_CONFIG):
-        layers.append(Path(os.environ[ENV_CONFIG]))
+        paths.append(Path(os.environ[ENV_CONFIG]))
     if path is not None:
-        layers.append(Path(path))
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = _deep_merge(merged, _read_yaml(layer))
-    source = str(layers[-1])
-    config = _validate(merged, source)
-    return apply_env(config)
+        paths.append(Path(path))
+    return apply_env(_validate([(str(p), _read_text(p)) for p in paths]))
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Validate one YAML document on top of the packaged defaults (used by tests and `%mirai`)."""
-    merged = _deep_merge(_read_yaml(default_config_path()), _parse_yaml(text, source))
-    return apply_env(_validate(merged, source))
+    default = default_config_path()
+    return apply_env(_validate([(str(default), _read_text(default)), (source, text)]))
 
 
 def apply_env(config: Config) -> Config:
@@ -356,12 +247,11 @@ def apply_env(config: Config) -> Config:
     return config
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    return _parse_yaml(text, str(path))
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
@@ -376,30 +266,30 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    _refuse_secrets(data, source, ())
+    secret = _secret_in(data, ())
+    if secret is not None:
+        where, problem = secret
+        located = _locate([(source, text)], where)
+        raise ConfigError(f"{located}: {_dotted(where)}: {problem}", hint=KEY_HINT)
     return data
 
 
-def _refuse_secrets(node: Any, source: str, path: tuple[str, ...]) -> None:
-    """Refuse any key-named field or key-shaped value anywhere in the YAML."""
+def _secret_in(node: Any, path: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] | None:
+    """The path of the first key-named field or key-shaped value in the YAML, and why."""
     if isinstance(node, dict):
         for key, value in node.items():
             where = (*path, str(key))
             if str(key).lower() in KEY_NAMES:
-                raise ConfigError(
-                    f"{source}: {_dotted(where)}: API keys must not be in the config file",
-                    hint="set the environment variable named by security.api_key_env_var instead",
-                )
-            _refuse_secrets(value, source, where)
+                return where, "API keys must not be in the config file"
+            if (found := _secret_in(value, where)) is not None:
+                return found
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _refuse_secrets(value, source, (*path, i))
+            if (found := _secret_in(value, (*path, i))) is not None:
+                return found
     elif isinstance(node, str) and looks_like_key(node):
-        raise ConfigError(
-            f"{source}: {_dotted(path)}: value looks like an API key; keys must not be in the "
-            "config file",
-            hint="set the environment variable named by security.api_key_env_var instead",
-        )
+        return path, "value looks like an API key; keys must not be in the config file"
+    return None
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -412,46 +302,107 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _validate(data: dict[str, Any], source: str) -> Config:
+def _validate(layers: list[Layer]) -> Config:
+    """Merge the layers in order and validate; the source of the config is the last one."""
+    merged: dict[str, Any] = {}
+    for source, text in layers:
+        merged = _deep_merge(merged, _parse_yaml(text, source))
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, source)) from None
-    config._source = source
+        raise ConfigError(_first_error(exc, layers)) from None
+    config._source = layers[-1][0]
     return config
 
 
-def _first_error(exc: ValidationError, source: str) -> str:
+def _first_error(exc: ValidationError, layers: list[Layer]) -> str:
+    """One line: the file and line that set the key, its dotted path and the problem."""
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = _dotted(first["loc"])
+    raw = getattr((first.get("ctx") or {}).get("error"), "loc", None) or first["loc"]
+    loc = _walk(raw)[0]
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = f"unknown key (valid: {', '.join(_valid_keys(first['loc'][:-1]))})"
+        msg = f"unknown key (valid: {', '.join(_valid_keys(raw[:-1]))})"
     elif first["type"] == "missing":
         msg = "required key is missing"
     elif first["type"] != "value_error" and not isinstance(first.get("input"), dict | list):
         msg = f"{msg.replace('Input should be', 'must be')} (got {first.get('input')!r})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
+    dotted = _dotted(loc)
+    return f"{_locate(layers, loc)}: {dotted + ': ' if dotted else ''}{msg}{more}"
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     """Field names of the model found at ``loc`` inside Config (for 'unknown key' errors)."""
-    model: Any = Config
-    for part in loc:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            model = model[1] if isinstance(model, tuple) else model  # dict[str, X] entry
-            continue
-        field = model.model_fields.get(part)
-        annotation = field.annotation if field else None
-        if get_origin(annotation) is dict:
-            model = ("dict", get_args(annotation)[1])
-        elif annotation is not None:
-            model = annotation
+    model = _walk(loc)[1]
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
+    """``loc`` without the union tags pydantic inserts (``rules[0].rate_limit_429.window_s``
+    is ``rules[0].window_s`` in the file), and the type found at its end."""
+    clean: list[Any] = []
+    kind: Any = Config
+    for part in loc:
+        kind = _unwrap(kind)
+        members = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else ()
+        tagged = next((m for m in members if part in _tags(m)), None)
+        if tagged is not None:
+            kind = tagged
+            continue
+        clean.append(part)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(part)
+            kind = field.annotation if field else None
+        else:  # a list or dict entry: the element type; anything else has no parts
+            kind = get_args(kind)[-1] if get_origin(kind) in (list, dict) else None
+    return tuple(clean), _unwrap(kind)
+
+
+def _unwrap(kind: Any) -> Any:
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
+
+
+def _tags(member: Any) -> set[str]:
+    """How pydantic names a union member in an error location (its class, its literal tag)."""
+    if not (isinstance(member, type) and issubclass(member, BaseModel)):
+        return {getattr(member, "__name__", str(member))}
+    literals = [
+        get_args(f.annotation)
+        for f in member.model_fields.values()
+        if get_origin(f.annotation) is Literal
+    ]
+    return {member.__name__, *(str(args[0]) for args in literals if len(args) == 1)}
+
+
+def _locate(layers: list[Layer], loc: tuple[Any, ...]) -> str:
+    """``file: line N`` of the key at ``loc`` (or of its deepest parent that is written) in
+    the last layer that writes it; just the last file when no layer does."""
+    best: tuple[int, str, int | None] = (0, layers[-1][0], None)
+    for source, text in layers:
+        depth, line = _line_of(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+        if line is not None and depth >= best[0]:
+            best = (depth, source, line)
+    _, source, line = best
+    return f"{source}: line {line}" if line else source
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> tuple[int, int | None]:
+    """How many parts of ``loc`` a composed YAML tree has, and the line of the deepest one."""
+    depth, line = 0, None
+    for part in loc:
+        pair = None
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            pair = (node.value[part],) * 2 if part < len(node.value) else None
+        if pair is None:
+            break
+        depth, line, node = depth + 1, pair[0].start_mark.line + 1, pair[1]
+    return depth, line
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -2,10 +2,12 @@
 
     mirai golden [FILE] [--url URL] [--replay PATH]
 
-Each entry has a ``name``, a ``prompt`` (sent literally: no interpolation), a ``profile``
-(default main), an optional ``format`` and ``options`` (model, temperature, max_tokens,
-system) and ``checks`` (see :mod:`mirai_magics.golden_checks`). The whole file is
-validated before the first prompt runs.
+Without FILE the prompts come from ``testing.golden_prompts.path`` (relative to the working
+directory); ``testing.golden_prompts.enabled: false`` turns that default off (a FILE given
+on the command line still runs). Each entry has a ``name``, a ``prompt`` (sent literally: no
+interpolation), a ``profile`` (default main), an optional ``format`` and ``options`` (model,
+temperature, max_tokens, system) and ``checks`` (see :mod:`mirai_magics.golden_checks`).
+The whole file is validated before the first prompt runs.
 Without ``--url`` an in-process offline server answers. Exit status 1 when any check fails.
 """
 
@@ -22,9 +24,9 @@ from typing import Any
 
 from .golden_checks import CHECKS, check_answer, check_problems
 
-DEFAULT_FILE = "tests/golden_prompts.yaml"
 FORMATS = ("markdown", "code", "text", "json")
 OPTIONS = ("model", "temperature", "max_tokens", "system")
+DISABLED = "testing.golden_prompts.enabled: false"
 _FIX = "fix the entry and run `mirai golden` again (nothing was sent)"
 
 
@@ -166,7 +168,9 @@ def format_table(outcomes: list[Outcome]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `mirai golden`."""
-    parser.add_argument("file", nargs="?", default=None, help=f"YAML file (default {DEFAULT_FILE})")
+    parser.add_argument(
+        "file", nargs="?", default=None, help="YAML file (default: testing.golden_prompts.path)"
+    )
     parser.add_argument("--url", default=None, help="OpenAI-compatible base URL (default: offline)")
     parser.add_argument("--replay", default=None, help="answer from this call log or cassette")
     parser.add_argument("--config", default=None, help="YAML config layered over the defaults")
@@ -174,9 +178,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every golden prompt; 0 when all pass, 1 otherwise."""
-    path = _golden_file(args.file)
+    from .config import load_config
+
+    config = load_config(args.config)
+    settings = config.testing.golden_prompts
+    if args.file is None and not settings.enabled:
+        print(f"golden prompts are disabled ({DISABLED} in {config.source})")
+        return 0
+    path = Path(args.file) if args.file is not None else _configured_file(config)
     goldens = load_goldens(path)
-    session, server = _session(args)
+    session, server = _session(args, config)
     started = time.monotonic()
     try:
         print(f"golden prompts: {path} → {args.url or 'in-process offline server'}")
@@ -190,20 +201,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def _golden_file(name: str | None) -> Path:
-    if name is not None:
-        return Path(name)
-    here = Path(DEFAULT_FILE)
-    return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_FILE
+def _configured_file(config: Any) -> Path:
+    """``testing.golden_prompts.path``, or a ConfigError saying where it was looked for."""
+    from .errors import ConfigError
+
+    path = Path(config.testing.golden_prompts.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"no golden prompts file at {path.resolve()} "
+            f"(testing.golden_prompts.path: {str(path)!r} in {config.source}, "
+            "relative to the working directory)",
+            hint="pass the file (`mirai golden FILE`) or set testing.golden_prompts.path",
+        )
+    return path
 
 
-def _session(args: argparse.Namespace) -> tuple[Any, Any]:
+def _session(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
     """A Session on ``--url`` or on a fresh offline server, replaying when asked."""
-    from .config import load_config
     from .replay import Replay, replay_mode
     from .session import Session
 
-    config = load_config(args.config)
     server = None
     url = args.url
     if url is None:

@@ -69,11 +69,11 @@ def summarize(records: list[Any], elapsed_s: float) -> Summary:
 
 def verdict(summary: Summary, targets: Any) -> tuple[bool, str]:
     """(passed, one line) against `testing.load_tests`: p95 latency and error rate."""
-    p95_ok = summary.p95_s <= targets.p95_latency_s
-    errors_ok = summary.error_rate < targets.max_error_rate and summary.calls > 0
+    p95_ok = summary.p95_s <= targets.target_p95_latency_s
+    errors_ok = summary.error_rate < targets.target_error_rate and summary.calls > 0
     line = (
-        f"p95 ≤ {targets.p95_latency_s:g} s: {'PASS' if p95_ok else 'FAIL'} · "
-        f"errors < {targets.max_error_rate:.0%}: {'PASS' if errors_ok else 'FAIL'}"
+        f"p95 ≤ {targets.target_p95_latency_s:g} s: {'PASS' if p95_ok else 'FAIL'} · "
+        f"errors < {targets.target_error_rate:.0%}: {'PASS' if errors_ok else 'FAIL'}"
     )
     return p95_ok and errors_ok, line
 

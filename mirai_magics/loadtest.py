@@ -27,11 +27,13 @@ TOPICS = ("caching", "retries", "indexes", "queues", "sharding", "batching", "st
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dialogs", type=int, default=None, help="parallel dialogs (config: 50)")
-    p.add_argument("--turns", type=int, default=None, help="turns per conversation (config: 6)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to run (config: 600)")
-    p.add_argument("--fail-429", type=float, default=None, help="share of 429 answers (0.1)")
-    p.add_argument("--fail-5xx", type=float, default=None, help="share of 500 answers (0.1)")
+    tests, chaos = "default: testing.load_tests", "testing.chaos"
+    p.add_argument("--dialogs", type=int, help=f"parallel dialogs ({tests}.parallel_dialogs)")
+    p.add_argument("--turns", type=int, help=f"turns per conversation ({tests}.turns_per_dialog)")
+    p.add_argument("--duration", type=float, help=f"seconds ({tests}.duration_minutes × 60)")
+    on = f"when {chaos}.enabled, else 0"
+    p.add_argument("--fail-429", type=float, help=f"share of 429s ({chaos}.inject_429_rate {on})")
+    p.add_argument("--fail-5xx", type=float, help=f"share of 500s ({chaos}.inject_5xx_rate {on})")
     p.add_argument("--retry-after", type=float, default=None, help="Retry-After on 429s, s")
     p.add_argument("--latency-ms", type=float, default=0, help="server latency per answer")
     p.add_argument("--max-tokens", type=int, default=256, help="output cap per call")
@@ -52,7 +54,7 @@ async def dialog(n: int, client: Any, policy: Any, opts: argparse.Namespace, sto
         turn += 1
         topic = TOPICS[(n + turn) % len(TOPICS)]
         question = f"Dialog {n}, turn {turn}: name two trade-offs of {topic} in one sentence."
-        window = trim(history, policy.history_limit(12)) if policy else history[-12:]
+        window = trim(history, policy.history_limit(opts.history))
         messages = [*window, {"role": "user", "content": question}]
         try:
             reply = await client.chat(messages, opts.profile, max_tokens=opts.max_tokens, user=user)
@@ -116,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     from .session import Session
 
     config = load_config(args.config)
+    if not config.testing.load_tests.enabled:
+        print(f"load tests are disabled (testing.load_tests.enabled: false in {config.source})")
+        return 0
     opts = _resolve(args, config)
     server = None
     if opts.url is None:
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
     summary = summarize(records, elapsed)
     passed, targets_line = verdict(summary, config.testing.load_tests)
-    rate = config.limits.requests_per_second.chat
+    rate = config.limits.rps.chat
     server_line = f"{_server_line(stats)}; {budget} at the end"
     print(format_report(summary, _setup(opts, url), server_line, rate, targets_line))
     return 0 if passed else 1
@@ -149,11 +154,16 @@ def _resolve(args: argparse.Namespace, config: Any) -> argparse.Namespace:
     """Fill unset options from `testing.load_tests` and `testing.chaos`."""
     tests, chaos = config.testing.load_tests, config.testing.chaos
     opts = argparse.Namespace(**vars(args))
-    opts.dialogs = tests.dialogs if args.dialogs is None else args.dialogs
+    opts.dialogs = tests.parallel_dialogs if args.dialogs is None else args.dialogs
     opts.turns = tests.turns_per_dialog if args.turns is None else args.turns
-    opts.duration = args.duration if args.duration is not None else tests.duration_s
-    opts.fail_429 = chaos.fail_429 if args.fail_429 is None else args.fail_429
-    opts.fail_5xx = chaos.fail_5xx if args.fail_5xx is None else args.fail_5xx
+    opts.history = config.context.max_history_messages  # as a notebook sends it
+    opts.duration = args.duration if args.duration is not None else tests.duration_minutes * 60
+    # faults are injected only when testing.chaos.enabled, or when a flag asks for them
+    rate_429, rate_5xx = (
+        (chaos.inject_429_rate, chaos.inject_5xx_rate) if chaos.enabled else (0.0, 0.0)
+    )
+    opts.fail_429 = rate_429 if args.fail_429 is None else args.fail_429
+    opts.fail_5xx = rate_5xx if args.fail_5xx is None else args.fail_5xx
     _validate(opts, config)
     return opts
 

@@ -27,7 +27,7 @@ __all__ = ["Session", "StreamRestart"]
 class Session:
     """One notebook's engine: ``chat``/``stream_chat``/``embed`` from plain (kernel) code.
 
-    ``memory`` (None: as configured) is the notebook's switch over ``memory.enabled``
+    ``memory`` (None: as configured) is the notebook's switch over ``context.rag.enabled``
     (``%config MiraiMagics.memory_enabled``); it governs indexing and retrieval alike.
     """
 
@@ -108,7 +108,7 @@ class Session:
     async def _build_client(self) -> Any:
         from .client.client import ResilientClient
 
-        observers = [Collect(self.records, keep=1000), *self.policy.rules, self.telemetry]
+        observers = [Collect(self.records, keep=1000), *self.policy.observers, self.telemetry]
         client = ResilientClient(
             self.config,
             self.endpoint.sdk(),
@@ -117,6 +117,7 @@ class Session:
             policy=self.policy,
             observers=[*observers, *self.call_logs],
             user=self.user,
+            rekey=self.endpoint.rotate,  # a 401 re-reads the key from the environment
         )
         client.replay = self.replay
         return client
@@ -174,6 +175,7 @@ class Session:
                 flags = ["memory: off (replay)"]  # recordings are hashed without memory
             else:
                 block, flags = self.memory.prompt_context(text, request.top_k)
+        flags = [*flags, *self.endpoint.badge_flags()]  # a stale key, once
         return prepare(text, request, self.config.context, history, block, flags)
 
     # --- status ---------------------------------------------------------------------------
@@ -185,10 +187,13 @@ class Session:
         return {m: b.current_state().value for m, b in self._client.breakers.items()}
 
     def extra_status(self) -> list[tuple[str, str]]:
-        """Status rows contributed by the quota policy and the memory."""
+        """Status rows of the quota policy, telemetry and memory, and the config's notices."""
         rows: list[tuple[str, str]] = self.policy.status_rows()
+        rows.extend(self.telemetry.status_rows())
+        rows.extend(self.endpoint.status_rows())
         for part in self.status_sources:
             rows.extend(part())
+        rows.extend(("notice", line) for line in self.config.notices())
         return rows
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -65,3 +65,28 @@ def _encoding() -> Any:
         return tiktoken.get_encoding("o200k_base")
     except Exception:  # a corrupt cache or a missing package: fall back to the estimate
         return None
+
+
+# Context windows of known models (tokens, prompt and output together); prefixes match dated
+# versions (gpt-4o-2024-08-06). ``limits.context_windows`` in the config adds or overrides.
+CONTEXT_WINDOWS = {
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4-turbo": 128_000,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 16_385,
+    "o1-preview": 128_000,
+    "o1-mini": 128_000,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+}
+DEFAULT_CONTEXT_WINDOW = 128_000
+
+
+def context_window(model: str, overrides: dict[str, int] | None = None) -> int:
+    """The model's context window: the longest matching name or prefix, else 128k."""
+    table = {**CONTEXT_WINDOWS, **(overrides or {})}
+    matches = [name for name in table if model == name or model.startswith(name + "-")]
+    return table[max(matches, key=len)] if matches else DEFAULT_CONTEXT_WINDOW

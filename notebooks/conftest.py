@@ -16,3 +16,4 @@ for name in LIVE_SETTINGS:
 os.environ["MIRAI_STREAM"] = "0"
 os.environ["MIRAI_HOME"] = tempfile.mkdtemp(prefix="mirai-nbval-")  # no memory left from a past run
 os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable
+os.environ["MIRAI_METRICS_PORT"] = "0"  # a free port (9090 may be taken); the sanitizer hides it

@@ -50,6 +50,7 @@ def isolated_home(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "mirai-home"
     monkeypatch.setenv("MIRAI_HOME", str(home))
+    monkeypatch.setenv("MIRAI_METRICS_PORT", "0")  # each session's /metrics on a free port
     return home
 
 

@@ -18,6 +18,7 @@ def kernel_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MIRAI_BASE_URL")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.setdefault("MIRAI_STREAM", "0")
+    env.setdefault("MIRAI_METRICS_PORT", "0")  # a free port: kernels never race for 9090
     env.update(extra)
     return env
 

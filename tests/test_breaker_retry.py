@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from mirai_magics.client.breaker import CircuitBreaker, State
-from mirai_magics.client.retry import retry_after_seconds
+from mirai_magics.client.retry import backoff, retry_after_seconds
 from mirai_magics.config import Breaker
 from mirai_magics.errors import CircuitOpenError
 
@@ -94,6 +94,41 @@ def test_neutral_outcomes_do_not_count_and_free_the_probe(breaker, clock):
     clock.now += 60
     breaker.neutral(breaker.acquire())  # a cancelled probe
     assert breaker.acquire() is True  # the next caller may probe
+
+
+def test_the_seed_settings_drive_every_transition(clock):
+    settings = Breaker(
+        failure_threshold=3, timeout_s=20, half_open_interval_s=7, success_threshold=3
+    )
+    breaker = CircuitBreaker("gpt-4o", settings, clock)
+    fail(breaker, 2)
+    assert breaker.current_state() is State.CLOSED
+    fail(breaker, 1)  # failure_threshold
+    assert breaker.remaining_s() == pytest.approx(20)  # timeout_s
+    clock.now += 20
+    breaker.failure(breaker.acquire())  # the probe fails
+    assert breaker.remaining_s() == pytest.approx(7)  # half_open_interval_s
+    clock.now += 7
+    for _ in range(2):
+        breaker.success(breaker.acquire())
+        assert breaker.current_state() is State.HALF_OPEN
+    breaker.success(breaker.acquire())  # success_threshold
+    assert breaker.current_state() is State.CLOSED
+
+
+class _Retry:
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number
+
+
+def test_backoff_doubles_from_base_ms_up_to_max_ms():
+    plain = backoff(base_ms=200, max_ms=8000, jitter=False)
+    waits = [plain(_Retry(n)) for n in range(1, 10)]
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 8.0, 8.0, 8.0]
+    jittered = backoff(base_ms=200, max_ms=8000, jitter=True)
+    for n, ceiling in enumerate(waits, start=1):  # full jitter: uniform below the ceiling
+        samples = [jittered(_Retry(n)) for _ in range(200)]
+        assert all(0 <= s <= ceiling for s in samples) and len(set(samples)) > 1
 
 
 def test_retry_after_forms_and_cap():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kernelutil import Kernel, kernel_env
 
-from mirai_magics.calllog import read_calls
+from mirai_magics.calllog import FILE_NAME, read_calls
 from mirai_magics.config import parse_config
 from mirai_magics.errors import ClientRequestError, ConfigError, RetriesExhaustedError
 from mirai_magics.session import Session
@@ -19,7 +19,7 @@ from mirai_magics.ui.log_cmd import log_row, show_log
 
 KEY = "sk-test-calllog-0123456789abcdef"
 SECRET = "plain-db-secret-4711"  # not key-shaped: redacted because its variable says TOKEN
-FAST_RETRIES = "defaults: {backoff: {initial_ms: 1, max_ms: 2}}\nmemory: {enabled: false}\n"
+FAST_RETRIES = "defaults: {backoff: {base_ms: 1, max_ms: 2}}\ncontext: {rag: {enabled: false}}\n"
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,9 @@ def test_every_call_is_logged_with_its_fields_and_no_secret(make, offline_server
     assert ok["params"] == {
         "model": "gpt-4o-mini",
         "temperature": 0.25,
-        "top_p": 1.0,
+        "top_p": 0.9,
+        "frequency_penalty": 0.1,
+        "presence_penalty": 0.0,
         "max_tokens": 300,
     }
     assert (ok["profile"], ok["model"], ok["attempts"], ok["error"]) == (
@@ -143,8 +145,11 @@ def test_prompts_stay_out_when_include_prompts_is_off(make, tmp_path):
 
 
 def test_disabled_log_writes_nothing(make, tmp_path):
-    make("observability: {call_log: {enabled: false}}").chat([{"role": "user", "content": "x"}])
-    assert not (tmp_path / "home").exists()
+    prompt = "a prompt that a disabled call log must not keep"
+    make("observability: {call_log: {enabled: false}}").chat([{"role": "user", "content": prompt}])
+    home = tmp_path / "home"  # the JSON log and keys.json have switches of their own
+    assert not (home / FILE_NAME).exists()
+    assert not any(prompt in p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
 
 
 def test_reload_keeps_one_writer_per_log(make, tmp_path):

@@ -17,7 +17,7 @@ from mirai_magics.ui.defaults import CellDefaults
 from mirai_magics.ui.magics import MiraiMagics
 from mirai_magics.ui.registry import Registry
 from mirai_magics.ui.status import status_rows
-from mirai_magics.ui.widgets import picker_state
+from mirai_magics.ui.widgets import model_picker, picker_state
 
 CONFIG = parse_config("", "test.yaml")
 
@@ -155,6 +155,24 @@ def test_cell_defaults_apply_to_their_profile_only():
     picker_state(CONFIG, defaults, "reasoning", 0.5, None)  # reasoning takes no temperature
     assert defaults == CellDefaults("reasoning", {})
     assert request_from_args(cell_args(), "hi", CONFIG).profile == "main"  # no defaults: main
+
+
+@pytest.mark.parametrize(
+    ("profile", "summary"),
+    [  # each profile's own seed values, whatever the previous choice was
+        ("heavy", "heavy/gpt-4o, T=0.25, max_tokens=2500"),
+        ("creative", "creative/gpt-4o, T=0.40, max_tokens=2000"),
+        ("reasoning", "reasoning/o1-preview, T=–, max_tokens=4096"),
+        ("fast", "fast/gpt-3.5-turbo, T=0.20, max_tokens=1200"),
+    ],
+)
+def test_the_picker_loads_the_chosen_profiles_values(profile, summary):
+    defaults = CellDefaults()
+    dropdown, *_, shown = model_picker(CONFIG, defaults).children
+    assert "next %%mirai → main/gpt-4o-mini, T=0.25, max_tokens=2000" in shown.value
+    dropdown.value = profile
+    assert f"next %%mirai → {summary}</code>" in shown.value
+    assert defaults.profile == profile
 
 
 def test_use_switches_the_shared_defaults_in_place(make_session, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -12,11 +13,13 @@ from mirai_magics.errors import (
     ClientRequestError,
     MiraiError,
     RetriesExhaustedError,
+    UsageError,
 )
 from mirai_magics.session import Session, StreamRestart
 
 KEY = "sk-test-engine-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
+SAMPLING = ("model", "temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens")
 
 
 @pytest.fixture
@@ -36,7 +39,29 @@ def test_chat_success_has_usage_and_one_attempt(session, offline_server):
     assert record.tokens_in and record.tokens_out and record.offline
     assert record.retry_reasons == [] and record.error is None
     body = offline_server.stats_snapshot()["recent"][-1]["body"]
-    assert body["temperature"] == 0.25 and body["max_tokens"] == 1024
+    sent = {k: body.get(k) for k in SAMPLING}
+    assert sent == {
+        "model": "gpt-4o-mini",
+        "temperature": 0.25,
+        "top_p": 0.9,
+        "frequency_penalty": 0.1,
+        "presence_penalty": 0.0,
+        "max_tokens": 2000,
+    }
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        ("heavy", ("gpt-4o", 0.25, 0.9, 0.1, 0.0, 2500)),
+        ("fast", ("gpt-3.5-turbo", 0.2, 0.9, None, None, 1200)),  # no penalties written
+        ("creative", ("gpt-4o", 0.4, 0.9, 0.3, 0.2, 2000)),
+    ],
+)
+def test_each_profile_sends_its_seed_values(session, offline_server, profile, expected):
+    session.chat(HELLO, profile)
+    body = offline_server.stats_snapshot()["recent"][-1]["body"]
+    assert tuple(body.get(k) for k in SAMPLING) == expected
 
 
 def test_stream_yields_chunks_then_reply_with_usage(session, offline_server):
@@ -51,11 +76,20 @@ def test_stream_yields_chunks_then_reply_with_usage(session, offline_server):
 
 
 def test_reasoning_profile_sends_max_completion_tokens_only(session, offline_server):
+    session.chat(HELLO, "reasoning")  # the config writes temperature 1.0 and top_p 1.0
+    body = offline_server.stats_snapshot()["recent"][-1]["body"]
+    assert body["model"] == "o1-preview" and body["max_completion_tokens"] == 4096
+    assert not set(body) & {"max_tokens", *SAMPLING[1:5]}
     reply = session.chat(HELLO, "reasoning", max_tokens=300)
     body = offline_server.stats_snapshot()["recent"][-1]["body"]
-    assert body["model"] == "o1" and body["max_completion_tokens"] == 300
-    assert "temperature" not in body and "top_p" not in body and "max_tokens" not in body
+    assert body["max_completion_tokens"] == 300 and "max_tokens" not in body
     assert reply.record.attempts == 1
+
+
+def test_reasoning_profile_refuses_sampling_options_before_sending(session, offline_server):
+    with pytest.raises(UsageError, match="reasoning model and takes no temperature"):
+        session.chat(HELLO, "reasoning", temperature=0.5)
+    assert requests_seen(offline_server) == 0
 
 
 def test_429_retry_after_is_honoured_on_the_injected_sleep(session, offline_server, sleeps):
@@ -128,6 +162,23 @@ def test_timeouts_and_dropped_connections_are_retried(make_session, offline_serv
     reply = session.chat(HELLO)
     assert reply.record.retry_reasons == ["timeout", "connection"]
     assert reply.record.attempts == 3
+
+
+def test_the_embed_profile_makes_its_own_five_attempts(session, offline_server):
+    offline_server.set_faults(fail_429=1.0, retry_after=0)
+    with pytest.raises(RetriesExhaustedError, match="after 5 attempt"):
+        session.embed(["alpha"])
+    assert offline_server.stats_snapshot()["by_path"] == {"/v1/embeddings": 5}
+
+
+def test_a_profile_timeout_overrides_the_default(make_session, offline_server):
+    session = make_session("models: {embed: {timeout_s: 0.2, max_retries: 2}}")
+    offline_server.set_faults(hang=True)
+    started = time.monotonic()
+    with pytest.raises(RetriesExhaustedError, match="timed out after 2 attempt"):
+        session.embed(["alpha"])  # with defaults.timeout_s (90 s) this would take minutes
+    assert 0.4 <= time.monotonic() - started < 10
+    assert requests_seen(offline_server) == 2
 
 
 def test_deadline_bounds_total_time(make_session, offline_server, sleeps):
@@ -274,7 +325,7 @@ def test_a_pinned_model_is_not_carried_into_fallback_hops(session, offline_serve
 
 
 def test_open_breaker_refuses_before_waiting_for_quota(make_session, offline_server, sleeps):
-    session = make_session("limits: {requests_per_second: {chat: 0.2}, max_wait_s: 30}")
+    session = make_session("limits: {rps: {chat: 0.2}, max_wait_s: 30}")
     offline_server.set_faults(fail_5xx=1.0)
     for _ in range(2):
         with pytest.raises(MiraiError):

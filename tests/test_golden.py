@@ -9,7 +9,7 @@ import yaml
 from kernelutil import REPO
 
 from mirai_magics.cli import main
-from mirai_magics.golden import load_goldens
+from mirai_magics.golden import DISABLED, load_goldens
 from mirai_magics.golden_checks import check_answer, schema_errors
 from mirai_magics.server import OfflineServer
 
@@ -38,19 +38,57 @@ def test_the_golden_file_covers_what_it_must():
     assert any("{" in g.prompt for g in goldens)  # sent literally: no interpolation
 
 
-def test_golden_prompts_pass_on_the_in_process_offline_server(capsys):
-    assert main(["golden"]) == 0  # default file, found from any working directory
+def test_golden_prompts_pass_on_the_in_process_offline_server(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # the default file is testing.golden_prompts.path, from the cwd
+    assert main(["golden"]) == 0
     out = capsys.readouterr().out
-    assert "in-process offline server" in out and "FAIL" not in out
-    assert f"{len(load_goldens(GOLDEN))} passed, 0 failed" in out
+    assert "golden prompts: tests/golden_prompts.yaml → in-process offline server" in out
+    assert "FAIL" not in out and f"{len(load_goldens(GOLDEN))} passed, 0 failed" in out
+
+
+def test_without_a_file_the_configured_path_is_used(tmp_path, capsys):
+    path = write(tmp_path, [{"name": "only", "prompt": "Say OK.", "checks": {"contains": "OK"}}])
+    config = tmp_path / "mirai.yaml"
+    config.write_text(f"testing: {{golden_prompts: {{path: '{path}'}}}}\n")
+    assert main(["golden", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"golden prompts: {path} →" in out and "1 passed, 0 failed" in out
+
+
+def test_a_missing_default_file_says_where_it_was_looked_for(tmp_path, capsys):
+    assert main(["golden"]) == 1  # the working directory has no tests/golden_prompts.yaml
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(
+        f"mirai: no golden prompts file at {tmp_path / 'tests' / 'golden_prompts.yaml'} "
+        "(testing.golden_prompts.path: 'tests/golden_prompts.yaml' in "
+    )
+    assert "pass the file (`mirai golden FILE`) or set testing.golden_prompts.path" in captured.err
+
+
+def test_disabled_golden_prompts_are_one_line_unless_a_file_is_given(
+    tmp_path, offline_server, monkeypatch, capsys
+):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    config = tmp_path / "mirai.yaml"
+    config.write_text("testing: {golden_prompts: {enabled: false}}\n")
+    url = ["--url", offline_server.url, "--config", str(config)]
+    assert main(["golden", *url]) == 0
+    out = capsys.readouterr().out
+    assert out == f"golden prompts are disabled ({DISABLED} in {config})\n"
+    assert offline_server.stats_snapshot().requests == 0
+    path = write(tmp_path, [{"name": "asked", "prompt": "Say OK.", "checks": {"contains": "OK"}}])
+    assert main(["golden", path, *url]) == 0  # a file on the command line still runs
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+    assert offline_server.stats_snapshot().requests == 1
 
 
 def test_reasoning_profile_mapping_is_what_the_server_sees(offline_server, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     assert main(["golden", str(GOLDEN), "--url", offline_server.url]) == 0
     bodies = [r["body"] for r in offline_server.stats_snapshot()["recent"]]
-    reasoning = [b for b in bodies if b["model"] == "o1"]
-    assert len(reasoning) == 2 and {b["max_completion_tokens"] for b in reasoning} == {256, 2048}
+    reasoning = [b for b in bodies if b["model"] == "o1-preview"]
+    assert len(reasoning) == 2 and {b["max_completion_tokens"] for b in reasoning} == {256, 4096}
     assert not any({"max_tokens", "temperature", "top_p"} & set(b) for b in reasoning)
     assert any(b.get("response_format") == {"type": "json_object"} for b in bodies)
     assert KEY not in capsys.readouterr().out

@@ -8,6 +8,7 @@ import pytest
 
 from mirai_magics.client.limits import Reservation, RollingBudget, TokenBucket, TokenBudgets
 from mirai_magics.errors import QuotaExceededError
+from mirai_magics.tokens import context_window, count_messages
 
 KEY = "sk-test-limits-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -15,6 +16,10 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 def requests_seen(server) -> int:
     return server.stats_snapshot()["requests"]
+
+
+def last_body(server) -> dict:
+    return server.stats_snapshot()["recent"][-1]["body"]
 
 
 # --- token bucket ---------------------------------------------------------------------
@@ -90,7 +95,7 @@ def test_the_budget_user_comes_from_config_then_env_then_the_request(
 
 
 def test_session_budget_refuses_then_frees_up(make_session, offline_server, clock):
-    session = make_session("limits: {tokens: {per_user_per_minute: 400}}")
+    session = make_session("limits: {tokens: {per_user_minute: 400}}")
     used = 0
     with pytest.raises(QuotaExceededError) as info:
         for _ in range(20):
@@ -106,22 +111,71 @@ def test_session_budget_refuses_then_frees_up(make_session, offline_server, cloc
     assert requests_seen(offline_server) == sent + 1
 
 
-def test_request_over_the_cap_is_refused_before_sending(make_session, offline_server):
+def test_per_request_max_caps_the_output_tokens_sent(make_session, offline_server):
     session = make_session("limits: {tokens: {per_request_max: 300}}")
+
+    def cap_sent(profile: str = "main", **overrides) -> int:
+        record = session.chat(HELLO, profile, **overrides).record
+        body = last_body(offline_server)
+        cap = body.get("max_tokens") or body["max_completion_tokens"]
+        assert record.tokens_estimated == count_messages(HELLO)[0] + cap  # what is reserved
+        return cap
+
+    assert cap_sent() == 300  # min(profile max_tokens 2000, per_request_max 300)
+    assert cap_sent("fast") == 300  # 1200
+    assert cap_sent(max_tokens=5000) == 300  # an override is capped too
+    assert cap_sent(max_tokens=100) == 100  # below the cap: sent as asked
+    assert cap_sent("reasoning") == 300  # as max_completion_tokens (4096)
+    assert "max_tokens" not in last_body(offline_server)
+    assert requests_seen(offline_server) == 5  # capped, never refused
+
+
+def test_seed_per_request_max_leaves_the_profiles_caps_as_written(make_session, offline_server):
+    session = make_session()
+    session.chat(HELLO, max_tokens=9000)
+    assert last_body(offline_server)["max_tokens"] == 4096
+    session.chat(HELLO, "heavy")
+    assert last_body(offline_server)["max_tokens"] == 2500
+
+
+def test_request_over_the_context_window_is_refused_before_sending(make_session, offline_server):
+    session = make_session("limits: {context_windows: {gpt-4o-mini: 300}}")
     with pytest.raises(QuotaExceededError) as info:
         session.chat([{"role": "user", "content": "word " * 400}], max_tokens=50)
-    assert "per_request_max" in str(info.value) and "shorten the prompt" in str(info.value)
+    message = str(info.value)
+    assert "300-token context window of gpt-4o-mini" in message and "not sent" in message
+    assert "shorten the prompt" in message and info.value.kind == "request"
     with pytest.raises(QuotaExceededError):
         session.chat(HELLO, max_tokens=400)  # the output cap counts too
     assert requests_seen(offline_server) == 0
     session.chat(HELLO, max_tokens=50)
     assert requests_seen(offline_server) == 1
+    assert session.policy.rejections == {"request": 2}
+
+
+def test_the_built_in_windows_differ_per_model(make_session, offline_server):
+    session = make_session("limits: {tokens: {per_minute: 10000000, per_user_minute: 10000000}}")
+    long = [{"role": "user", "content": "word " * 20_000}]  # ≥ 20k tokens, counted or estimated
+    with pytest.raises(QuotaExceededError, match=r"16,385-token context window of gpt-3\.5-turbo"):
+        session.chat(long, "fast")
+    assert requests_seen(offline_server) == 0
+    assert session.chat(long, "main").record.model == "gpt-4o-mini"  # 128k
+    assert requests_seen(offline_server) == 1
+
+
+def test_context_window_matches_dated_versions_and_overrides():
+    assert context_window("gpt-4o-2024-08-06") == 128_000
+    assert context_window("gpt-3.5-turbo") == 16_385
+    assert context_window("gpt-4") == 8_192 and context_window("gpt-4o") == 128_000
+    assert context_window("o1-preview") == 128_000
+    assert context_window("some-local-model") == 128_000
+    assert context_window("some-local-model", {"some-local-model": 4096}) == 4096
 
 
 def test_session_rate_limit_waits_on_the_injected_sleep_then_refuses(
     make_session, offline_server, clock, sleeps
 ):
-    session = make_session("limits: {requests_per_second: {chat: 1}, max_wait_s: 0.5}")
+    session = make_session("limits: {rps: {chat: 1}, max_wait_s: 0.5}")
     session.chat(HELLO)
     with pytest.raises(QuotaExceededError) as info:
         session.chat(HELLO)
@@ -140,7 +194,7 @@ def test_concurrency_never_exceeds_the_caps(make_session, offline_server):
     offline_server.set_faults(latency_ms=60)
     session = make_session(
         "limits: {concurrency: {chat: 3, embeddings: 5, background: 2}, "
-        "requests_per_second: {chat: 1000, embeddings: 1000}}",
+        "rps: {chat: 1000, embeddings: 1000}}",
         fake_time=False,
     )
     client = session.client
@@ -160,8 +214,7 @@ def test_concurrency_never_exceeds_the_caps(make_session, offline_server):
 def test_background_work_has_its_own_smaller_cap(make_session, offline_server):
     offline_server.set_faults(latency_ms=60)
     session = make_session(
-        "limits: {concurrency: {embeddings: 8, background: 2}, "
-        "requests_per_second: {embeddings: 1000}}",
+        "limits: {concurrency: {embeddings: 8, background: 2}, rps: {embeddings: 1000}}",
         fake_time=False,
     )
     client = session.client

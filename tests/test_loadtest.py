@@ -81,7 +81,7 @@ def test_30_second_chaos_run_meets_the_targets(tmp_path):
 @pytest.mark.slow
 def test_missed_targets_exit_non_zero(tmp_path):
     config = tmp_path / "strict.yaml"
-    config.write_text("testing: {load_tests: {p95_latency_s: 0.000001}}\n")
+    config.write_text("testing: {load_tests: {target_p95_latency_s: 0.000001}}\n")
     done = loadtest(
         tmp_path,
         *("--dialogs", "3", "--duration", "1", "--fail-429", "0", "--fail-5xx", "0"),
@@ -89,6 +89,41 @@ def test_missed_targets_exit_non_zero(tmp_path):
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "p95 ≤ 1e-06 s: FAIL · errors < 3%: PASS" in done.stdout
+
+
+def setup_line(stdout: str) -> str:
+    return stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_defaults_come_from_the_config_and_inject_no_faults(tmp_path):
+    config = tmp_path / "short.yaml"
+    config.write_text("testing: {load_tests: {duration_minutes: 0.02}}\n")  # 1.2 s
+    done = loadtest(tmp_path, "--config", str(config), "--progress", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert setup_line(done.stdout).startswith(
+        "50 dialogs × 6 turns, 1.2 s, profile main, faults 429 0% · 5xx 0%, http://127.0.0.1:"
+    )
+    rows = report(done.stdout)
+    assert "200 ×" in rows["server"] and "429 ×" not in rows["server"]
+    assert "500 ×" not in rows["server"] and number(rows["retry rate"]) == 0
+    assert rows["targets"] == "p95 ≤ 15 s: PASS · errors < 3%: PASS"
+
+
+def test_chaos_enabled_injects_its_rates_and_a_flag_overrides_one(tmp_path):
+    config = tmp_path / "chaos.yaml"
+    config.write_text(
+        "testing:\n  load_tests: {parallel_dialogs: 4, duration_minutes: 0.02}\n"
+        "  chaos: {enabled: true, inject_429_rate: 0.3, inject_5xx_rate: 0.2}\n"
+    )
+    done = loadtest(tmp_path, "--config", str(config), "--progress", "0", "--retry-after", "0")
+    assert "4 dialogs × 6 turns, 1.2 s, profile main, faults 429 30% · 5xx 20%, " in done.stdout
+    server = report(done.stdout)["server"]
+    assert "429 ×" in server and "500 ×" in server, done.stdout
+    flagged = loadtest(tmp_path, "--config", str(config), "--progress", "0", "--fail-5xx", "0")
+    assert "faults 429 30% · 5xx 0%, " in setup_line(flagged.stdout)
+    server = report(flagged.stdout)["server"]
+    assert "429 ×" in server and "500 ×" not in server, flagged.stdout
 
 
 @pytest.mark.parametrize(
@@ -127,6 +162,6 @@ def test_summary_counts_errors_retries_and_cut_off_calls():
     assert (s.retried_calls, s.extra_attempts) == (2, 5)
     assert s.quota_rejections == {"rate": 1} and s.degradations == {"latency_high": 1}
     assert (s.p50_s, s.p95_s, s.p99_s, s.throughput) == (1.0, 1.0, 9.0, 9.9)
-    targets = SimpleNamespace(p95_latency_s=15, max_error_rate=0.03)
+    targets = SimpleNamespace(target_p95_latency_s=15, target_error_rate=0.03)
     assert verdict(s, targets)[0] is True
     assert verdict(summarize(records[:10] + records[96:97], 1), targets)[0] is False

@@ -13,9 +13,12 @@ from mirai_magics.server import OfflineServer
 pytestmark = pytest.mark.kernel
 KEY = "sk-test-magics-0123456789abcdef"
 TEST_CONFIG = """
-defaults: {timeout_s: 0.5, max_attempts: 2, backoff: {initial_ms: 10, max_ms: 20}}
-memory: {enabled: false}
+defaults: {timeout_s: 0.5, max_retries: 2, backoff: {base_ms: 10, max_ms: 20}}
+context: {rag: {enabled: false}}
 """
+
+
+SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,14 @@ def test_plain_call_renders_markdown_and_badge(kernel, server):
     assert any("mirai-badge" in h for h in r.data("text/html"))
     assert r.of_type("execute_result") == []  # no Out[] entry
     assert kernel.run("print(_mirai.record.model)").text.strip() == "gpt-4o-mini"
+    sent = {k: last_body(server).get(k) for k in SAMPLING}
+    assert sent == {  # the seed's main profile, as written in the config
+        "temperature": 0.25,
+        "top_p": 0.9,
+        "frequency_penalty": 0.1,
+        "presence_penalty": 0.0,
+        "max_tokens": 2000,
+    }
 
 
 def test_every_option_reaches_the_request(kernel, server):
@@ -224,7 +235,7 @@ def test_picker_changes_the_next_calls_profile(kernel, server):
     kernel.run("picker = _mirai_picker")
     kernel.run("picker.children[0].value = 'heavy'")
     r = kernel.run("%%mirai\nwho answers?")
-    assert last_body(server)["model"] == "gpt-4o"
+    assert (last_body(server)["model"], last_body(server)["max_tokens"]) == ("gpt-4o", 2500)
     assert badge(r).startswith("[mirai] heavy/gpt-4o")
     kernel.run("picker.children[1].value = 0.9")
     kernel.run("%%mirai\nwarmer")

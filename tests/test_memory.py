@@ -27,7 +27,7 @@ CELLS = [
 
 
 def memory_yaml(server_url: str | None, **memory: object) -> str:
-    lines = [f"memory: {json.dumps(memory)}"]
+    lines = [f"context: {{rag: {json.dumps(memory)}}}"]
     if server_url:
         lines.append(f"endpoint: {{base_url: '{server_url}'}}")
     return "\n".join(lines)

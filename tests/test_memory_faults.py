@@ -38,7 +38,8 @@ def open_session(home, offline_server):
 
     def make(embedder: str = "openai", extra: str = "", **memory: object) -> Session:
         memory["embedder"] = embedder
-        yaml = f"endpoint: {{base_url: '{offline_server.url}'}}\nmemory: {json.dumps(memory)}\n"
+        rag = f"context: {{rag: {json.dumps(memory)}}}\n"
+        yaml = f"endpoint: {{base_url: '{offline_server.url}'}}\n{rag}"
         session = Session(parse_config(yaml + extra, "test.yaml"))
         sessions.append(session)
         return session
@@ -139,13 +140,13 @@ def test_other_dimensions_are_a_config_error_not_a_poisoned_cache(
     open_session, offline_server, home
 ):
     offline_server.set_faults(embed_dims=768)  # an endpoint that ignores `dimensions`
-    session = open_session(extra="profiles: {embed: {dimensions: 1024}}")
+    session = open_session(extra="models: {embed: {dimensions: 1024}}")
     session.memory.add_cell("x_0 = load_data()", count=1)
     assert session.memory.flush(30)
     found = stats(session)
-    assert "profiles.embed.dimensions: 768" in found["last error"]
+    assert "models.embed.dimensions: 768" in found["last error"]
     assert found["pending"].startswith("1 ")
-    with pytest.raises(ConfigError, match=r"profiles\.embed\.dimensions: 768"):
+    with pytest.raises(ConfigError, match=r"models\.embed\.dimensions: 768"):
         session.memory.search("load data", 2)
     request = CellRequest(text="load data?", profile="main", fmt="markdown", overrides={})
     flags = session.prepare(request.text, request).flags

@@ -39,7 +39,7 @@ def online_env(server, home: Path, **extra: str) -> dict[str, str]:
     The offline server's bag-of-words vectors score related texts lower than real
     embeddings do, hence the lower similarity threshold.
     """
-    (home / "mirai.yaml").write_text("memory: {min_score: 0.1}\n")
+    (home / "mirai.yaml").write_text("context: {rag: {min_score: 0.1}}\n")
     return kernel_env(
         MIRAI_BASE_URL=server.url,
         OPENAI_API_KEY=KEY,
@@ -155,7 +155,7 @@ def test_secret_from_the_kernel_env_never_leaves_it(server, tmp_path):
 
 
 def test_two_kernels_index_one_directory_at_once(tmp_path):
-    env = offline_env(tmp_path, "memory: {exact_search_below: 0}\n")  # HNSW + usearch file
+    env = offline_env(tmp_path, "context: {rag: {exact_search_below: 0}}\n")  # HNSW + usearch file
 
     def burst(tag: str) -> str:
         return (
@@ -193,7 +193,7 @@ def test_two_kernels_index_one_directory_at_once(tmp_path):
 
 
 def test_sigkill_mid_indexing_leaves_a_memory_that_loads(tmp_path):
-    env = offline_env(tmp_path, "memory: {exact_search_below: 0}\n")
+    env = offline_env(tmp_path, "context: {rag: {exact_search_below: 0}}\n")
     flood = (
         "import time\n"
         f"memory = {MEMORY}\n"

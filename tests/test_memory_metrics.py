@@ -29,7 +29,8 @@ def make_session(shared_offline_server, monkeypatch):
 
     def make(embedder: str) -> Session:
         yaml = f"endpoint: {{base_url: '{shared_offline_server.url}'}}\n"
-        session = Session(parse_config(yaml + f"memory: {{embedder: {embedder}}}", "test.yaml"))
+        yaml += f"context: {{rag: {{embedder: {embedder}}}}}"
+        session = Session(parse_config(yaml, "test.yaml"))
         sessions.append(session)
         return session
 

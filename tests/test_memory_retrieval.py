@@ -314,7 +314,8 @@ def test_recall_at_4(embedder, tmp_path, monkeypatch, shared_offline_server):
     monkeypatch.setenv("MIRAI_HOME", str(tmp_path))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-recall-0123456789")
     url = shared_offline_server.url
-    config = parse_config(f"endpoint: {{base_url: '{url}'}}\nmemory: {{embedder: {embedder}}}")
+    rag = f"context: {{rag: {{embedder: {embedder}}}}}"
+    config = parse_config(f"endpoint: {{base_url: '{url}'}}\n{rag}")
     with Session(config) as session:
         recall, misses = recall_at(session, 4)
     print(f"recall@4 ({embedder}) = {recall:.3f} on {len(QUERIES)} questions; misses: {misses}")

@@ -63,7 +63,7 @@ def sessions(varying, monkeypatch):
     made: list[Session] = []
 
     def make() -> Session:
-        made.append(Session(parse_config("memory: {enabled: false}", "test.yaml")))
+        made.append(Session(parse_config("context: {rag: {enabled: false}}", "test.yaml")))
         return made[-1]
 
     yield make
@@ -245,7 +245,8 @@ def run_memory_notebook(cwd: Path, env: dict[str, str], first: str) -> tuple[str
 @pytest.mark.kernel
 def test_notebook_recorded_with_memory_on_replays_strictly_in_a_fresh_home(varying, tmp_path):
     cassette = tmp_path / "memory.cassette.sqlite"
-    (tmp_path / "mirai.yaml").write_text("memory: {min_score: -1.0}\n")  # every cell is a hit
+    every_cell_hits = "context: {rag: {min_score: -1.0}}\n"
+    (tmp_path / "mirai.yaml").write_text(every_cell_hits)
     recording = kernel_env(
         MIRAI_BASE_URL=varying.url,
         OPENAI_API_KEY=KEY,
@@ -338,7 +339,7 @@ def test_notebook_recorded_against_varying_server_replays_exactly(varying, tmp_p
     conn.close()
     damaged = execute(work / "replay.ipynb", replay_env(tmp_path / "h2"))
     missing = damaged.cells[8].outputs[0].data["text/plain"]
-    assert missing.startswith("[mirai] ✗ replay: no recording for cell [6] (reasoning/o1: ")
+    assert missing.startswith("[mirai] ✗ replay: no recording for cell [6] (reasoning/o1-preview: ")
     result = nbval(work / "replay.ipynb", replay_env(tmp_path / "h3"))
     assert result.returncode != 0
     assert "Cell 5: Cell outputs differ" in result.stdout and "3 failed, 5 passed" in result.stdout

@@ -70,6 +70,31 @@ def test_reload_with_a_new_path_switches_endpoint_and_keeps_quota_state(
         other.stop()
 
 
+def test_reload_with_new_limits_or_rules_rebuilds_the_policy(keyed, tmp_path, offline_server):
+    from mirai_magics.errors import QuotaExceededError
+
+    path = config_file(tmp_path, "p.yaml", offline_server.url)
+    with Session(config_path=path) as session:
+        policy = session.policy
+        assert [r.name for r in policy.rules] == [
+            "rate_limit_429",
+            "latency_high",
+            "error_rate_5percent",
+        ]
+        config_file(
+            tmp_path,
+            "p.yaml",
+            offline_server.url,
+            "limits: {rps: {chat: 1}, max_wait_s: 0}\ndegradation: {enabled: false}\n",
+        )
+        session.reload()
+        assert session.policy is not policy and session.policy.rules == []
+        session.chat([{"role": "user", "content": "hi"}])
+        with pytest.raises(QuotaExceededError, match="1 requests/s"):
+            session.chat([{"role": "user", "content": "hi"}])  # the new rate applies at once
+        assert offline_server.stats_snapshot()["requests"] == 1
+
+
 def test_a_bad_file_on_reload_changes_nothing(keyed, tmp_path, offline_server):
     path = config_file(
         tmp_path, "good.yaml", offline_server.url, "context: {max_history_messages: 6}\n"
@@ -84,7 +109,9 @@ def test_a_bad_file_on_reload_changes_nothing(keyed, tmp_path, offline_server):
 
 
 def test_memory_switch_governs_retrieval_and_indexing(keyed, tmp_path, offline_server):
-    path = config_file(tmp_path, "m.yaml", offline_server.url, "memory: {min_score: -1.0}\n")
+    path = config_file(
+        tmp_path, "m.yaml", offline_server.url, "context: {rag: {min_score: -1.0}}\n"
+    )
     with Session(config_path=path) as session:
         session.memory.add_cell("fib = lambda n: n if n < 2 else fib(n - 1) + fib(n - 2)")
         assert session.memory.flush()

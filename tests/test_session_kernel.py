@@ -30,9 +30,9 @@ def history_sent(server) -> int:
 
 
 def test_config_path_traitlet_is_what_reload_reads(server, tmp_path):
-    env = server_kernel_env(server.url, tmp_path, "memory: {enabled: false}\n", KEY)
+    env = server_kernel_env(server.url, tmp_path, "context: {rag: {enabled: false}}\n", KEY)
     other = tmp_path / "other.yaml"
-    other.write_text("memory: {enabled: false}\ncontext: {max_history_messages: 2}\n")
+    other.write_text("context: {rag: {enabled: false}, max_history_messages: 2}\n")
     with Kernel(tmp_path, env) as k:
         k.run("%load_ext mirai_magics")
         for i in range(3):
@@ -46,7 +46,8 @@ def test_config_path_traitlet_is_what_reload_reads(server, tmp_path):
 
 
 def test_memory_enabled_false_stops_retrieval_not_only_indexing(tmp_path):
-    (tmp_path / "mirai.yaml").write_text("memory: {min_score: -1.0}\n")  # every cell is a hit
+    every_cell_hits = "context: {rag: {min_score: -1.0}}\n"
+    (tmp_path / "mirai.yaml").write_text(every_cell_hits)
     env = kernel_env(MIRAI_HOME=str(tmp_path / ".mirai"), MIRAI_CONFIG=str(tmp_path / "mirai.yaml"))
     with Kernel(tmp_path, env) as k:
         k.run("%load_ext mirai_magics")

@@ -69,13 +69,13 @@ class CircuitBreaker:
         with self._lock:
             if probe:
                 self.probe_in_flight = False
-                self._open(self.settings.probe_interval_s)
+                self._open(self.settings.half_open_interval_s)
                 return
             if self.state is not State.CLOSED:
                 return  # a straggler that started before the breaker opened
             self.failures += 1
             if self.failures >= self.settings.failure_threshold:
-                self._open(self.settings.open_s)
+                self._open(self.settings.timeout_s)
 
     def neutral(self, probe: bool) -> None:
         """An outcome that says nothing about health (429, other 4xx, cancellation)."""

@@ -16,6 +16,7 @@ from ..telemetry.tracing import traced_call
 from ..tokens import count_messages, count_text
 from .breaker import CircuitBreaker
 from .failures import as_mirai_error, fallback_reason
+from .keys import KEY_ROTATED
 from .observers import Observer
 from .params import chat_params, output_cap
 from .records import FALLBACK, Attempt, CallRecord, Degradation, Reply
@@ -70,6 +71,7 @@ class ResilientClient:
         policy: Any = None,
         observers: list[Observer] | None = None,
         user: str = "",
+        rekey: Callable[[Any], bool] | None = None,
     ):
         self.config = config
         self.sdk = sdk
@@ -78,6 +80,7 @@ class ResilientClient:
         self.policy = policy
         self.observers: list[Observer] = observers if observers is not None else []
         self.user = user
+        self.rekey = rekey  # after a 401: give the SDK a rotated key (Endpoint.rotate)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.replay: Any = None  # answers from a recorded call log (see mirai_magics.replay)
 
@@ -228,8 +231,9 @@ class ResilientClient:
     ) -> Any:
         d = self.config.defaults
         outcome_of = _Outcomes(d.retry_after_cap_s)
+        attempts = self.config.attempts_for(prof)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(d.max_attempts) | stop_before_deadline(deadline, self.clock),
+            stop=stop_after_attempt(attempts) | stop_before_deadline(deadline, self.clock),
             wait=wait_retry_after(backoff(**d.backoff.model_dump()), outcome_of),
             retry=retry_if_exception(
                 lambda exc: not isinstance(exc, MiraiError) and outcome_of(exc).retryable
@@ -240,11 +244,24 @@ class ResilientClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(record, prof, deadline, send, outcome_of)
+                    last = attempt.retry_state.attempt_number >= attempts
+                    return await self._attempt(record, prof, deadline, send, outcome_of, last)
         except MiraiError:
             raise
         except Exception as exc:
+            if self._key_rotated(outcome_of(exc), record):  # once more, with the new key
+                return await self._retrying(record, prof, deadline, send)
             raise as_mirai_error(outcome_of(exc), exc, record) from None
+
+    def _key_rotated(self, outcome: Outcome, record: CallRecord) -> bool:
+        """A 401, and the environment holds another key now: the SDK takes it. Once a call;
+        the request is then sent again with a fresh retry budget, within the same deadline."""
+        if outcome.status != 401 or KEY_ROTATED in record.retry_reasons:
+            return False
+        if self.rekey is None or not self.rekey(self.sdk):
+            return False
+        record.retry_reasons.append(KEY_ROTATED)
+        return True
 
     async def _attempt(
         self,
@@ -253,24 +270,30 @@ class ResilientClient:
         deadline: float,
         send: Callable[[float], Awaitable[Any]],
         outcome_of: _Outcomes,
+        last: bool = False,
     ) -> Any:
         breaker = self.breaker(record.model)
         probe = breaker.acquire()  # raises CircuitOpenError without touching the network
         record.attempts += 1
         timeout = max(min(self.config.timeout_for(prof), deadline - self.clock()), 0.001)
+        sent = self.clock()
         try:
             result = await send(timeout)
         except BaseException as exc:
+            spent = self.clock() - sent
             outcome = outcome_of(exc)
             (breaker.failure if outcome.counts_for_breaker else breaker.neutral)(probe)
             record.breaker = breaker.current_state().value
             if outcome.retryable:
                 record.retry_reasons.append(outcome.reason)
-            self._attempt_ended(record, Attempt(outcome.reason, ok=False))
+            final = last or not outcome.retryable
+            self._attempt_ended(
+                record, Attempt(outcome.reason, ok=False, final=final, latency_s=spent)
+            )
             raise
         breaker.success(probe)
         record.breaker = breaker.current_state().value
-        self._attempt_ended(record, Attempt("ok", ok=True))
+        self._attempt_ended(record, Attempt("ok", ok=True, latency_s=self.clock() - sent))
         return result
 
     # --- one HTTP request --------------------------------------------------------

@@ -1,26 +1,30 @@
 """Degradation rules: when the service struggles, calls get lighter until it recovers.
 
-Each rule is one small class (tenacity-style: declared once, composed by the policy) that
-observes attempts and calls, says whether it is ``engaged`` and applies its effect through
-one or more of three hooks: ``reroutes`` (send a model's calls down the fallback chain),
-``adjust`` (change the request parameters) and ``history_limit`` (send less history).
-Every rule has hysteresis (it engages at one level and lifts only at a better one).
+The seed's ``degradation.rules`` is a list of ``{trigger, action}``. A *trigger* is a small
+observer class that says whether it is engaged (for a model, or overall); an *action* is a
+small class with one effect: ``reroutes`` (one step down the fallback chain), ``adjust``
+(the request parameters) or ``history_limit`` (less history). A configured ``Rule`` pairs
+one of each; the policy loops over the rules. Triggers:
 
-- ``rate_limit_429``: ≥ engage_after 429 answers for a model within window_s → new calls to
-  a profile using that model go to the next profile of the fallback chain; lifts after
-  recover_after_s without a 429 for that model.
-- ``latency_high``: p95 latency of the last window_calls chat calls above p95_threshold_s →
-  max_tokens × max_tokens_factor; lifts when the p95 drops below recover_below_s.
-- ``error_rate_5percent``: error rate of the last window_calls chat calls ≥ threshold → the
-  history sent is trimmed to history_messages; lifts below recover_below.
+- ``rate_limit_429`` (per model, sustained only): over the last ``window_s``, at least
+  ``attempt_share`` of the model's attempts (≥ ``min_attempts``) or ``exhausted_share`` of its
+  calls (≥ ``min_calls``) ended in 429. Isolated 429s that a retry absorbs do not engage it;
+  it lifts by itself once the window holds no such evidence.
+- ``latency_high``: p95 latency of the last window_calls chat calls ≥ p95_threshold_s;
+  lifts below recover_below_s (hysteresis).
+- ``error_rate_5percent``: error rate of the last window_calls chat calls ≥ threshold;
+  lifts below recover_below.
 
-A new rule is a subclass decorated with ``@rule("name")``, a settings model with an
-``enabled`` switch in ``config.Rules`` under the same name, and its YAML block.
+Actions: ``switch_to_fast`` (new calls move one step down ``fallback_chain``: gpt-4o →
+gpt-4o-mini), ``reduce_max_tokens`` (× max_tokens_factor, −30%), ``trim_context`` (history
+sent cut to history_messages, 12 → 6).
+
+A new trigger or action is one class here with ``@trigger("name")`` / ``@action("name")``,
+its settings in ``schema.py`` and its YAML entry.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -41,15 +45,27 @@ NOT_SENT = frozenset(
         "replay_miss",
     }
 )
-RULES: dict[str, type[Rule]] = {}  # name → class, in declaration order
+TRIGGERS: dict[str, type[Trigger]] = {}
+ACTIONS: dict[str, type[Action]] = {}
 
 
-def rule(name: str) -> Callable[[type[Rule]], type[Rule]]:
-    """Register a rule class under the name its settings have in ``degradation.rules``."""
+def trigger(name: str) -> Callable[[type[Trigger]], type[Trigger]]:
+    """Register a trigger class under its ``trigger:`` name."""
 
-    def register(cls: type[Rule]) -> type[Rule]:
+    def register(cls: type[Trigger]) -> type[Trigger]:
         cls.name = name
-        RULES[name] = cls
+        TRIGGERS[name] = cls
+        return cls
+
+    return register
+
+
+def action(name: str) -> Callable[[type[Action]], type[Action]]:
+    """Register an action class under its ``action:`` name."""
+
+    def register(cls: type[Action]) -> type[Action]:
+        cls.name = name
+        ACTIONS[name] = cls
         return cls
 
     return register
@@ -66,85 +82,92 @@ def hysteresis(engaged: bool, value: float, engage_at: float, lift_below: float)
 
 
 def sent_chat(record: CallRecord) -> bool:
-    """A live chat call that reached the service (what the window rules measure)."""
+    """A live chat call that reached the service (what the window triggers measure)."""
     return record.kind == "chat" and record.error_code not in NOT_SENT and not record.replayed
 
 
-class Rule(Observer):
-    """Base of a degradation rule; ``settings`` is its config model (with ``enabled``)."""
+# --- triggers -------------------------------------------------------------------------------
+
+
+class Trigger(Observer):
+    """Base: observes attempts and calls; ``engaged_for(model)`` (overall unless per model)."""
 
     name: ClassVar[str] = ""
 
     def __init__(self, settings: Any, clock: Clock):
         self.settings = settings
         self.clock = clock
-        self.engagements = 0  # times it engaged (for metrics and status)
+        self.engagements = 0
 
     def engaged(self) -> bool:
         return False
 
-    def status(self) -> list[str]:
-        """What `%mirai status` says while engaged, e.g. ``["latency_high (p95 21.0 s)"]``."""
-        return [self.name] if self.engaged() else []
+    def engaged_for(self, model: str) -> bool:
+        return self.engaged()
 
-    def reroutes(self, model: str) -> bool:
-        """Whether new calls to ``model`` go to the next profile of the fallback chain."""
-        return False
-
-    def adjust(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        """Request parameters to send, and what changed (None: this rule did nothing)."""
-        return params, None
-
-    def history_limit(self, limit: int) -> int:
-        return limit
-
-    def _count(self, engaged_now: bool) -> None:
-        self.engagements += engaged_now
+    def status(self) -> str | None:
+        """Why it is engaged, for `%mirai status` (None while not engaged)."""
+        return self.name if self.engaged() else None
 
 
-@rule("rate_limit_429")
-class RateLimited(Rule):
-    """429 answers per model in a time window; engaged models route to their fallback."""
+class _Window:
+    """(time, flag) samples of the last ``window_s`` seconds."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, bool]] = deque()
+
+    def add(self, now: float, flag: bool) -> None:
+        self.samples.append((now, flag))
+
+    def share(self, now: float, window_s: float, at_least: int) -> float:
+        """Share of flagged samples, 0 when there are fewer than ``at_least``."""
+        while self.samples and self.samples[0][0] <= now - window_s:
+            self.samples.popleft()
+        n = len(self.samples)
+        return sum(flag for _, flag in self.samples) / n if n >= at_least else 0.0
+
+
+@trigger("rate_limit_429")
+class RateLimited(Trigger):
+    """Sustained 429s per model: most attempts, or a share of whole calls, rate limited."""
 
     def __init__(self, settings: Any, clock: Clock):
         super().__init__(settings, clock)
-        self.seen: dict[str, deque[float]] = {}
-        self.models: set[str] = set()
+        self.attempts: dict[str, _Window] = {}
+        self.calls: dict[str, _Window] = {}
+        self.models: set[str] = set()  # engaged now
 
     def on_attempt(self, record: CallRecord, attempt: Attempt) -> None:
-        if attempt.reason == "429":
-            self._count(self.record_429(record.model))
+        now, model = self.clock(), record.model
+        self.attempts.setdefault(model, _Window()).add(now, attempt.reason == "429")
+        if attempt.ok or attempt.final:  # this model's tries for the call are over
+            exhausted = not attempt.ok and attempt.reason == "429"
+            self.calls.setdefault(model, _Window()).add(now, exhausted)
+        self.engaged_for(model)
 
-    def record_429(self, model: str) -> bool:
-        """Count one 429 for ``model``; True when this engaged the rule."""
-        now = self.clock()
-        times = self.seen.setdefault(model, deque())
-        times.append(now)
-        while times and times[0] <= now - self.settings.window_s:
-            times.popleft()
-        if model in self.models or len(times) < self.settings.engage_after:
-            return False
-        self.models.add(model)
-        return True
-
-    def reroutes(self, model: str) -> bool:
-        """Whether calls to ``model`` are diverted now (lifts after recover_after_s quiet)."""
-        if model not in self.models:
-            return False
-        last = self.seen[model][-1] if self.seen.get(model) else -math.inf
-        if self.clock() - last >= self.settings.recover_after_s:
+    def engaged_for(self, model: str) -> bool:
+        s, now = self.settings, self.clock()
+        attempts, calls = self.attempts.get(model), self.calls.get(model)
+        on = bool(
+            (attempts and attempts.share(now, s.window_s, s.min_attempts) >= s.attempt_share)
+            or (calls and calls.share(now, s.window_s, s.min_calls) >= s.exhausted_share)
+        )
+        if on and model not in self.models:
+            self.engagements += 1
+            self.models.add(model)
+        elif not on:
             self.models.discard(model)
-            return False
-        return True
+        return on
 
     def engaged(self) -> bool:
-        return any(self.reroutes(m) for m in list(self.models))
+        return any(self.engaged_for(m) for m in list(self.models))
 
-    def status(self) -> list[str]:
-        return [f"{self.name} ({m})" for m in sorted(self.models) if self.reroutes(m)]
+    def status(self) -> str | None:
+        engaged = sorted(m for m in list(self.models) if self.engaged_for(m))
+        return f"{self.name} ({', '.join(engaged)})" if engaged else None
 
 
-class WindowRule(Rule):
+class WindowTrigger(Trigger):
     """A value over the last N sent chat calls (p95 latency, error rate) with hysteresis."""
 
     engage_key: ClassVar[str]
@@ -164,10 +187,10 @@ class WindowRule(Rule):
 
     def on_call(self, record: CallRecord, messages: Messages | None, text: str | None) -> None:
         if sent_chat(record):
-            self._count(self.add(self.sample(record)))
+            self.engagements += self.add(self.sample(record))
 
     def add(self, sample: float) -> bool:
-        """Add one call's sample; True when this engaged the rule."""
+        """Add one call's sample; True when this engaged the trigger."""
         self.samples.append(sample)
         if len(self.samples) < self.settings.min_calls:
             return False
@@ -182,10 +205,8 @@ class WindowRule(Rule):
         return self.is_engaged
 
 
-@rule("latency_high")
-class LatencyHigh(WindowRule):
-    """p95 latency too high → a smaller output cap (shorter answers come back sooner)."""
-
+@trigger("latency_high")
+class LatencyHigh(WindowTrigger):
     engage_key, lift_key = "p95_threshold_s", "recover_below_s"
 
     def sample(self, record: CallRecord) -> float:
@@ -194,12 +215,54 @@ class LatencyHigh(WindowRule):
     def measure(self, samples: Sequence[float]) -> float:
         return p95(samples)
 
-    def status(self) -> list[str]:
-        return [f"{self.name} (p95 {self.value:.1f} s)"] if self.engaged() else []
+    def status(self) -> str | None:
+        return f"{self.name} (p95 {self.value:.1f} s)" if self.engaged() else None
+
+
+@trigger("error_rate_5percent")
+class ErrorRateHigh(WindowTrigger):
+    engage_key, lift_key = "threshold", "recover_below"
+
+    def sample(self, record: CallRecord) -> float:
+        return 0.0 if record.ok else 1.0
+
+    def measure(self, samples: Sequence[float]) -> float:
+        return sum(samples) / len(samples)
+
+    def status(self) -> str | None:
+        return f"{self.name} ({self.value:.0%} errors)" if self.engaged() else None
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+class Action:
+    """Base: no effect. ``settings`` is the rule's entry (its action parameters)."""
+
+    name: ClassVar[str] = ""
+    reroutes: ClassVar[bool] = False
+
+    def __init__(self, settings: Any):
+        self.settings = settings
 
     def adjust(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        if not self.engaged():
-            return params, None
+        """Request parameters to send, and what changed (None: nothing to do)."""
+        return params, None
+
+    def history_limit(self, limit: int) -> int:
+        return limit
+
+
+@action("switch_to_fast")
+class SwitchToFast(Action):
+    """New calls to an engaged model go one step down the fallback chain."""
+
+    reroutes = True
+
+
+@action("reduce_max_tokens")
+class ReduceMaxTokens(Action):
+    def adjust(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         changed = []
         for key in ("max_tokens", "max_completion_tokens"):
             if params.get(key):
@@ -209,35 +272,49 @@ class LatencyHigh(WindowRule):
         return params, ", ".join(changed) or "no output cap to cut"
 
 
-@rule("error_rate_5percent")
-class ErrorRateHigh(WindowRule):
-    """Too many failed calls → less history per request (smaller, cheaper prompts)."""
-
-    engage_key, lift_key = "threshold", "recover_below"
-
-    def sample(self, record: CallRecord) -> float:
-        return 0.0 if record.ok else 1.0
-
-    def measure(self, samples: Sequence[float]) -> float:
-        return sum(samples) / len(samples)
-
-    def status(self) -> list[str]:
-        return [f"{self.name} ({self.value:.0%} errors)"] if self.engaged() else []
-
+@action("trim_context")
+class TrimContext(Action):
     def adjust(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        if not self.engaged():
-            return params, None
         return params, f"history ≤ {self.settings.history_messages}"
 
     def history_limit(self, limit: int) -> int:
-        return min(limit, self.settings.history_messages) if self.engaged() else limit
+        return min(limit, self.settings.history_messages)
 
 
-def build_rules(rules_config: Any, clock: Clock) -> list[Rule]:
-    """One instance of each enabled rule, configured from ``degradation.rules``."""
-    out = []
-    for name, cls in RULES.items():
-        settings = getattr(rules_config, name)
-        if settings.enabled:
-            out.append(cls(settings, clock))
-    return out
+# --- a configured rule ------------------------------------------------------------------------
+
+
+class Rule:
+    """One ``{trigger, action}`` entry: the action applies while the trigger is engaged."""
+
+    def __init__(self, settings: Any, clock: Clock):
+        self.settings = settings
+        self.trigger = TRIGGERS[settings.trigger](settings, clock)
+        self.action = ACTIONS[settings.action](settings)
+        self.name = self.trigger.name
+
+    @property
+    def engagements(self) -> int:
+        return self.trigger.engagements
+
+    def reroutes(self, model: str) -> bool:
+        return self.action.reroutes and self.trigger.engaged_for(model)
+
+    def adjust(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        if self.action.reroutes or not self.trigger.engaged():
+            return params, None
+        return self.action.adjust(params)
+
+    def history_limit(self, limit: int) -> int:
+        return self.action.history_limit(limit) if self.trigger.engaged() else limit
+
+    def status(self) -> str | None:
+        why = self.trigger.status()
+        return f"{why} → {self.action.name}" if why else None
+
+
+def build_rules(degradation: Any, clock: Clock) -> list[Rule]:
+    """The enabled rules of ``degradation`` (none when ``degradation.enabled`` is false)."""
+    if not degradation.enabled:
+        return []
+    return [Rule(entry, clock) for entry in degradation.rules if entry.enabled]

@@ -2,25 +2,41 @@
 
 With no base URL configured and no API key in the environment, calls go to the bundled
 OpenAI-compatible server on 127.0.0.1, started on first use and kept across reloads.
+
+The key is read from ``security.api_key_env_var`` when the SDK client is built and again
+after a 401 (``rotate``): a key rotated in the environment is picked up without a restart.
+``keys`` (``KeyAges``) remembers when each key was first used, by a short hash.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
-from ..config import Config
+from ..config import Config, home_dir
+from .keys import KEY_FILE, KeyAges
 
 OFFLINE_KEY = "offline-no-key-needed"
 
 
 class Endpoint:
-    """One config's endpoint; ``previous`` hands over an offline server already running."""
+    """One config's endpoint; ``previous`` hands over an offline server already running
+    and the keys already flagged on a badge; ``now`` is the wall clock of key ages."""
 
-    def __init__(self, config: Config, previous: Endpoint | None = None):
+    def __init__(
+        self,
+        config: Config,
+        previous: Endpoint | None = None,
+        *,
+        now: Callable[[], float] = time.time,
+    ):
         self.config = config
         self._server: Any = previous._server if previous is not None else None
+        flagged = previous.keys.flagged if previous is not None else None
+        self.keys = KeyAges(home_dir(config) / KEY_FILE, config.security, now=now, flagged=flagged)
 
     @property
     def api_key(self) -> str | None:
@@ -53,13 +69,37 @@ class Endpoint:
         extra: dict[str, Any] = {}
         if url is not None and url.startswith("http://"):  # plain HTTP: no trust store to load
             extra["http_client"] = DefaultAsyncHttpxClient(verify=False)
+        key = self.api_key
+        self.keys.note(key)
         return AsyncOpenAI(
-            api_key=self.api_key or OFFLINE_KEY,
+            api_key=key or OFFLINE_KEY,
             base_url=url,
             organization=self.config.endpoint.organization,
             max_retries=0,
             **extra,
         )
+
+    def rotate(self, sdk: Any) -> bool:
+        """After a 401: give ``sdk`` the environment's key if it changed; True when it did."""
+        key = self.api_key
+        if key is None or key == sdk.api_key:
+            return False
+        sdk.api_key = key  # read per request by the SDK: the next attempt sends it
+        self.keys.note(key)
+        return True
+
+    def status_rows(self) -> list[tuple[str, str]]:
+        """`%mirai status` rows about the key: its age, or that it is not set."""
+        return self._keys_in_use().status_rows()
+
+    def badge_flags(self) -> list[str]:
+        """Badge flags of the endpoint: a stale key's age, once per key and session."""
+        return self._keys_in_use().badge_flags()
+
+    def _keys_in_use(self) -> KeyAges:
+        if self.keys.current is None:  # no SDK client yet: the key its first call will send
+            self.keys.note(self.api_key)
+        return self.keys
 
     def close(self) -> None:
         server, self._server = self._server, None

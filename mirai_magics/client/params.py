@@ -8,12 +8,28 @@ from ..config import Profile
 from ..errors import UsageError
 
 CHAT_OVERRIDES = frozenset(
-    {"model", "temperature", "top_p", "max_tokens", "response_format", "seed", "stop", "user"}
+    {
+        "model",
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "max_tokens",
+        "response_format",
+        "seed",
+        "stop",
+        "user",
+    }
 )
+SAMPLING = ("top_p", "frequency_penalty", "presence_penalty")  # sent as written when set
 
 
 def chat_params(profile_name: str, profile: Profile, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Request parameters for a chat call; reasoning profiles get max_completion_tokens only."""
+    """Request parameters for a chat call, the profile's values as written in the config.
+
+    Reasoning (o1-class) profiles send ``max_tokens`` as ``max_completion_tokens`` and no
+    sampling parameters: those models reject them.
+    """
     unknown = set(overrides) - CHAT_OVERRIDES
     if unknown:
         raise UsageError(
@@ -38,8 +54,10 @@ def _sampling(name: str, profile: Profile, given: dict[str, Any]) -> dict[str, A
                 hint=f"pick a value ≤ {profile.max_temperature}",
             )
         out["temperature"] = temperature
-    if profile.top_p is not None:
-        out["top_p"] = profile.top_p
+    for key in SAMPLING:
+        value = given.pop(key, getattr(profile, key))
+        if value is not None:
+            out[key] = value
     max_tokens = given.pop("max_tokens", profile.max_tokens)
     if max_tokens is not None:
         out["max_tokens"] = _positive(max_tokens)
@@ -47,14 +65,14 @@ def _sampling(name: str, profile: Profile, given: dict[str, Any]) -> dict[str, A
 
 
 def _reasoning(name: str, profile: Profile, given: dict[str, Any]) -> dict[str, Any]:
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", *SAMPLING):
         if key in given:
             raise UsageError(
                 f"profile {name!r} is a reasoning model and takes no {key}",
                 hint="drop the option or use a chat profile such as main",
             )
     out: dict[str, Any] = {}
-    cap = given.pop("max_tokens", profile.max_completion_tokens)
+    cap = given.pop("max_tokens", profile.max_tokens)
     if cap is not None:
         out["max_completion_tokens"] = _positive(cap)
     if profile.reasoning_effort:

@@ -19,8 +19,10 @@ from typing import Any
 
 from ..config import Config
 from ..errors import QuotaExceededError
+from ..tokens import context_window
 from .degrade import Rule, build_rules
 from .limits import ConcurrencyCaps, Reservation, TokenBucket, TokenBudgets
+from .observers import Observer
 from .records import CallRecord, Degradation
 
 
@@ -38,33 +40,40 @@ class Policy:
         self.config = config
         self.clock, self.sleep = clock, sleep
         self.buckets = {
-            "chat": TokenBucket("chat", limits.requests_per_second.chat, clock),
-            "embeddings": TokenBucket("embeddings", limits.requests_per_second.embeddings, clock),
+            "chat": TokenBucket("chat", limits.rps.chat, clock),
+            "embeddings": TokenBucket("embeddings", limits.rps.embeddings, clock),
         }
         tokens = limits.tokens
-        self.budgets = TokenBudgets(tokens.global_per_minute, tokens.per_user_per_minute, clock)
+        self.budgets = TokenBudgets(tokens.per_minute, tokens.per_user_minute, clock)
         self.slots = ConcurrencyCaps(limits.concurrency)
-        self.rules: list[Rule] = build_rules(config.degradation.rules, clock)
+        self.rules: list[Rule] = build_rules(config.degradation, clock)
         self.rejections: Counter[str] = Counter()
 
     # --- degradation ----------------------------------------------------------------
 
+    @property
+    def observers(self) -> list[Observer]:
+        """What the client must tell about attempts and calls: the rules' triggers."""
+        return [rule.trigger for rule in self.rules]
+
     def route(self, name: str, record: CallRecord) -> str:
-        """The profile to call: down the fallback chain while a rule diverts its model."""
-        target, seen = name, {name}
-        while diverting := next(
-            (r for r in self.rules if r.reroutes(self.config.profile(target).model)), None
-        ):
-            following = self.config.fallback_for(target)
-            if following is None or following in seen:
-                break
-            record.degrade(Degradation(diverting.name, "", target, following))
-            target = following
-            seen.add(target)
-        return target
+        """The profile to call: one step down the fallback chain while a rule diverts its
+        model (the seed's switch_to_fast: gpt-4o → gpt-4o-mini, not further)."""
+        model = self.config.profile(name).model
+        diverting = next((r for r in self.rules if r.reroutes(model)), None)
+        following = self.config.fallback_for(name)
+        if diverting is None or following is None:
+            return name
+        record.degrade(Degradation(diverting.name, diverting.action.name, name, following))
+        return following
 
     def adjust_params(self, params: dict[str, Any], record: CallRecord) -> dict[str, Any]:
-        """Each engaged rule's effect on the request; each effect is noted on the record."""
+        """The output cap within ``per_request_max``; then each engaged rule's effect, noted on
+        the record."""
+        cap = self.config.limits.tokens.per_request_max
+        for key in ("max_tokens", "max_completion_tokens"):
+            if params.get(key) and params[key] > cap:
+                params = {**params, key: cap}
         for rule in self.rules:
             params, changed = rule.adjust(params)
             if changed is not None:
@@ -79,7 +88,7 @@ class Policy:
 
     def active(self) -> list[str]:
         """Rules engaged now, e.g. ``["rate_limit_429 (gpt-4o)", "latency_high (p95 …)"]``."""
-        return [line for rule in self.rules for line in rule.status()]
+        return [line for rule in self.rules if (line := rule.status())]
 
     # --- quotas ---------------------------------------------------------------------
 
@@ -91,15 +100,21 @@ class Policy:
         """
         return Admission(self, kind, record, background)
 
-    def _check_request(self, kind: str, estimate: int) -> None:
-        cap = self.config.limits.tokens.per_request_max
-        if kind == "chat" and estimate > cap:
+    def _check_request(self, kind: str, record: CallRecord) -> None:
+        """A chat request must fit its model's context window (prompt + output cap)."""
+        if kind != "chat":
+            return
+        window = context_window(record.model, self.config.limits.context_windows)
+        if record.tokens_estimated > window:
             exc = QuotaExceededError(
-                f"this request needs ~{estimate:,} tokens (prompt + output cap), over "
-                f"limits.tokens.per_request_max = {cap:,}; it was not sent",
+                f"this request needs ~{record.tokens_estimated:,} tokens (prompt + output cap), "
+                f"over the {window:,}-token context window of {record.model}; it was not sent",
                 kind="request",
             )
-            exc.hint = "shorten the prompt, use --no-history or lower --max-tokens"
+            exc.hint = (
+                "shorten the prompt, use --no-history or lower --max-tokens "
+                "(or set limits.context_windows for this model)"
+            )
             raise exc
 
     async def _rate_token(self, kind: str, record: CallRecord) -> None:
@@ -161,7 +176,7 @@ class Admission:
     async def __aenter__(self) -> None:
         policy, record = self.policy, self.record
         try:
-            policy._check_request(self.kind, record.tokens_estimated)
+            policy._check_request(self.kind, record)
         except QuotaExceededError as exc:
             raise policy._rejected(record, exc) from None
         await self.slots.__aenter__()

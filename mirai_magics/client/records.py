@@ -49,10 +49,13 @@ class Degradation:
 
 @dataclass
 class Attempt:
-    """One HTTP attempt as observers see it: why it failed (or "ok")."""
+    """One HTTP attempt as observers see it: why it failed (or "ok"), and whether it was the
+    model's last try for this call (not retryable, or its ``max_retries`` used up)."""
 
     reason: str
     ok: bool
+    final: bool = False
+    latency_s: float | None = None  # from just before the request to its end (or failure)
 
 
 @dataclass

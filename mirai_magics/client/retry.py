@@ -112,9 +112,9 @@ class stop_before_deadline(stop_base):
         return self.clock() + retry_state.upcoming_sleep >= self.deadline
 
 
-def backoff(initial_ms: float, max_ms: float, jitter: str) -> wait_base:
-    """Exponential backoff initial → max; 'full' jitter draws uniformly below the ceiling."""
+def backoff(base_ms: float, max_ms: float, jitter: bool) -> wait_base:
+    """Exponential backoff base → max; with jitter, uniformly below the ceiling (full jitter)."""
     from tenacity.wait import wait_exponential
 
-    cls = wait_random_exponential if jitter == "full" else wait_exponential
-    return cls(multiplier=initial_ms / 1000.0, max=max_ms / 1000.0)
+    cls = wait_random_exponential if jitter else wait_exponential
+    return cls(multiplier=base_ms / 1000.0, max=max_ms / 1000.0)

@@ -134,7 +134,7 @@ def checked_matrix(vectors: Any, count: int, dims: int, model: str) -> np.ndarra
 
         raise ConfigError(
             f"{model} returned {'/'.join(map(str, widths))}-dimensional vectors, {dims} expected",
-            hint=f"set profiles.embed.dimensions: {widths[-1]}, then `%mirai reload` and "
+            hint=f"set models.embed.dimensions: {widths[-1]}, then `%mirai reload` and "
             "`%mirai memory rebuild`",
         )
     return np.asarray(vectors, dtype=np.float32).reshape(count, dims)
@@ -148,16 +148,17 @@ def normalise(matrix: np.ndarray) -> np.ndarray:
 
 def choose_embedder(config: Any, offline: bool) -> LocalEmbedder | OpenAIEmbedder:
     """`auto`: OpenAI embeddings when the session talks to a real endpoint, else local."""
-    choice = config.memory.embedder
+    rag = config.context.rag
+    choice = rag.embedder
     if choice == "local" or (choice == "auto" and offline):
-        return LocalEmbedder(config.memory.local_dims)
+        return LocalEmbedder(rag.local_dims)
     profile = config.profile("embed")
-    dims = profile.dimensions or KNOWN_DIMS.get(profile.model)
+    dims = profile.dimensions or KNOWN_DIMS.get(profile.name)
     if dims is None:
         from ..errors import ConfigError
 
         raise ConfigError(
-            f"profiles.embed: dimensions unknown for model {profile.model!r}",
-            hint="set profiles.embed.dimensions, or memory.embedder: local",
+            f"models.embed: dimensions unknown for model {profile.name!r}",
+            hint="set models.embed.dimensions, or context.rag.embedder: local",
         )
-    return OpenAIEmbedder(profile.model, dims)
+    return OpenAIEmbedder(profile.name, dims)

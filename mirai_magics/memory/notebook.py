@@ -65,7 +65,8 @@ class NotebookMemory:
 
     @property
     def settings(self) -> Any:
-        return self.session.config.memory
+        """``context.rag``: the memory's settings."""
+        return self.session.config.context.rag
 
     @property
     def hits(self) -> int:
@@ -116,7 +117,7 @@ class NotebookMemory:
         try:
             path = home / "memory.usearch"
             index = SyncedIndex(
-                store, embedder.name, embedder.dims, path, config.memory.exact_search_below
+                store, embedder.name, embedder.dims, path, config.context.rag.exact_search_below
             )
             index.open()
             if store.vectors.missing(embedder.name, 1):

@@ -1,12 +1,16 @@
 """Telemetry of one session: Prometheus metrics, JSON call logs and tracing, fed by observers.
 
-`Telemetry` is a ResilientClient observer: each attempt counts retries and becomes a span
-event; each call counts requests, tokens, latency, degradations and quota rejections, and
-writes the log line. Heavy imports (prometheus_client) happen when a Telemetry is created.
+`Telemetry` is a ResilientClient observer: each attempt counts retries, is observed in the
+latency histogram and becomes a span event; each call counts requests, tokens, degradations
+and quota rejections, and writes the log line. With ``observability.metrics.enabled`` the
+`/metrics` endpoint starts with the Telemetry (no `%mirai metrics` needed); a port that
+cannot be bound is one `%mirai status` row, never an error. Heavy imports
+(prometheus_client) happen when a Telemetry is created.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +20,11 @@ from .tracing import span_attempt, span_outcome
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..config import Metrics as MetricsSettings
 
 
 class Telemetry(Observer):
-    """Metrics registry + call logger + tracing setup for one Session."""
+    """Metrics registry and endpoint + call logger + tracing setup for one Session."""
 
     def __init__(self, config: Config):
         from .logs import CallLogger
@@ -27,21 +32,43 @@ class Telemetry(Observer):
 
         self.metrics = Metrics(config.observability.metrics)
         self.logs = CallLogger()
+        self.configured_port = 0  # where `%mirai metrics` serves without --port (config, env)
+        self.notice: str | None = None  # why the endpoint is not up, for `%mirai status`
+        self._endpoint: tuple[bool, int] | None = None  # (enabled, port) last applied
         self._retries_seen: dict[str, int] = {}
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """Apply (re-read) logging and tracing settings; the registry stays as it is."""
+        """Apply (re-read) logging, tracing and endpoint settings; the registry stays."""
+        from ..config import home_dir
+        from .logs import FILE_NAME
         from .tracing import configure
 
-        settings = config.observability.logging
-        self.logs.include_prompts = settings.include_prompts
-        self.logs.secret_names = tuple(config.security.redact_env_names)
-        self.logs.logger.setLevel(settings.level)
-        configure(config.observability.tracing)
+        path = home_dir(config) / FILE_NAME
+        self.logs.configure(config.observability.logging, path, config.security.redact_env_names)
+        self.tracing = config.observability.tracing
+        configure(self.tracing)
+        self._open_endpoint(config.observability.metrics)
+
+    def _open_endpoint(self, settings: MetricsSettings) -> None:
+        """Start (or stop) `/metrics` as configured; unchanged settings keep a manual choice."""
+        from .metrics import configured_port
+
+        self.configured_port = configured_port(settings)
+        wanted = (settings.enabled, self.configured_port)
+        if wanted == self._endpoint:
+            return
+        self._endpoint = wanted
+        if not settings.enabled:
+            self.stop()
+            return
+        try:
+            self.serve(self.configured_port)
+        except OSError as exc:
+            self.notice = busy_notice(self.configured_port, exc)
 
     def watch_breakers(self, source: Callable[[], dict[str, str]]) -> None:
-        """Where `mirai_circuit_breaker_open{model}` reads breaker states at scrape time."""
+        """Where `mirai_openai_circuit_breaker_open{model}` reads breaker states at scrape."""
         self.metrics.breakers.source = source
 
     def counter(self, name: str, documentation: str = "", labels: tuple[str, ...] = ()) -> Any:
@@ -51,12 +78,14 @@ class Telemetry(Observer):
     # --- observer ---------------------------------------------------------------------
 
     def on_attempt(self, record: CallRecord, attempt: Attempt) -> None:
-        """Retries are counted as they happen (a scrape mid-call sees them)."""
+        """Retries and attempt latency are counted as they happen (a scrape mid-call sees them)."""
         span_attempt(record, attempt)
         self._count_retries(record)
+        if attempt.latency_s is not None:
+            self.metrics.latency.labels(_model(record)).observe(attempt.latency_s)
 
     def on_call(self, record: CallRecord, messages: Messages | None, text: str | None) -> None:
-        """Counters, the latency histogram and one log line per finished call."""
+        """Counters and one log line per finished call."""
         span_outcome(record)
         self._count_retries(record)
         self._retries_seen.pop(record.id, None)
@@ -70,32 +99,56 @@ class Telemetry(Observer):
         self._retries_seen[record.id] = len(record.retry_reasons)
 
     def _count_call(self, record: CallRecord) -> None:
+        from .metrics import call_status
+
         m, model = self.metrics, _model(record)
         if record.quota:
             m.quota_rejections.labels(record.quota).inc()
         for rule in dict.fromkeys(d.rule for d in record.degradations):
             m.degradations.labels(rule).inc()
+        m.requests.labels(model, call_status(record)).inc()
         if record.replayed:
-            m.requests.labels(model, "replayed").inc()
-            return
-        m.requests.labels(model, "ok" if record.ok else (record.error_code or "error")).inc()
-        m.latency.labels(model).observe(record.latency_ms / 1000)
-        if record.tokens_in is not None:
-            m.tokens.labels(model, "in").inc(record.tokens_in)
-        if record.tokens_out is not None:
-            m.tokens.labels(model, "out").inc(record.tokens_out)
+            return  # nothing was sent: no tokens spent
+        for direction, tokens in (("in", record.tokens_in), ("out", record.tokens_out)):
+            if tokens is not None:
+                m.tokens.labels(model, direction).inc(tokens)
+
+    def status_rows(self) -> list[tuple[str, str]]:
+        """Rows for `%mirai status`: where metrics, log lines and spans go (or why they do not)."""
+        from .tracing import status_rows
+
+        rows = []
+        if self.notice is not None:
+            rows.append(("metrics", self.notice))
+        elif self.metrics.port is not None:
+            rows.append(("metrics", f"http://127.0.0.1:{self.metrics.port}/metrics"))
+        if self.logs.path is not None:
+            rows.append(("log file", str(self.logs.path)))
+        return rows + status_rows(self.tracing)
 
     # --- endpoint and lifecycle ----------------------------------------------------------
 
     def serve(self, port: int) -> int:
-        """Serve `/metrics` on 127.0.0.1 (idempotent); returns the port."""
-        return self.metrics.serve(port)
+        """Serve `/metrics` on 127.0.0.1 (idempotent; 0 picks a free port); returns the port."""
+        bound = self.metrics.serve(port)
+        self.notice = None
+        return bound
 
     def stop(self) -> bool:
         return self.metrics.stop()
 
     def close(self) -> None:
         self.metrics.stop()
+        self.logs.close()
+
+
+def busy_notice(port: int, exc: OSError) -> str:
+    """The one line `%mirai status` shows when the endpoint cannot listen on ``port``."""
+    what = "busy" if exc.errno == errno.EADDRINUSE else "not usable"
+    return (
+        f"port {port} is {what} ({exc.strerror or exc}): set observability.metrics.port "
+        "or run %mirai metrics --port 0"
+    )
 
 
 def _model(record: CallRecord) -> str:

@@ -2,19 +2,60 @@
 
 Never the global registry, so `%reload_ext mirai_magics` cannot register a name twice.
 Label values are model names, statuses, reasons, rules, kinds and directions only: never
-prompts, keys or other free text.
+prompts, keys or other free text. The families (the seed's names):
+
+- ``mirai_openai_requests_total{model,status}``: one per finished call, status in STATUSES
+- ``mirai_openai_tokens_total{model,direction}``: tokens the API reported, ``in`` / ``out``
+- ``mirai_openai_retries_total{model,reason}``: failed attempts that were retryable
+- ``mirai_openai_latency_seconds{model}``: one observation per HTTP attempt (so its
+  ``_count`` is the number of attempts); buckets from ``latency_buckets_s``
+- ``mirai_openai_circuit_breaker_open{model}``: 1 while the breaker is open or half-open
+- ``mirai_openai_degradations_total{rule}``, ``mirai_openai_quota_rejections_total{kind}``
+  and the memory's ``mirai_memory_*_total``
+
+The endpoint listens on 127.0.0.1 at ``observability.metrics.port``; ``MIRAI_METRICS_PORT``
+overrides it (0 picks a free port), e.g. for tests or a second notebook on the same host.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler
+
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..client.records import CallRecord
     from ..config import Metrics as MetricsSettings
 
 LOOPBACK = "127.0.0.1"
+ENV_PORT = "MIRAI_METRICS_PORT"
+PREFIX = "mirai_openai"
+# the `status` label of mirai_openai_requests_total: every value it can take
+STATUSES = {
+    "success": "answered by the API",
+    "client_error": "refused by the API (4xx other than 408/409/429): retrying cannot help",
+    "failed": "retries exhausted (429, 5xx, timeouts, connection errors) or an internal error",
+    "quota_exceeded": "refused by a local quota (rate, tokens, request size) before sending",
+    "circuit_open": "refused by an open circuit breaker, with no fallback left",
+    "cancelled": "interrupted by the user (Ctrl-C, a cancelled job)",
+    "rejected": "refused before sending: bad arguments, config, context too long, replay miss",
+    "replayed": "answered from a recorded call log: nothing was sent",
+}
+ERROR_STATUSES = ("client_error", "failed", "quota_exceeded", "circuit_open")  # error rate
+_STATUS_OF_CODE = {
+    "client_error": "client_error",
+    "quota_exceeded": "quota_exceeded",
+    "circuit_open": "circuit_open",
+    "cancelled": "cancelled",
+    "usage_error": "rejected",
+    "config_error": "rejected",
+    "context_too_long": "rejected",
+    "replay_miss": "rejected",
+}
 # incremented by the memory (memory/counters.py) once the session hands it its Telemetry
 MEMORY_COUNTERS = {
     "mirai_memory_indexed": "Memory entries (cells, learned-file chunks) embedded and stored",
@@ -23,8 +64,30 @@ MEMORY_COUNTERS = {
 }
 
 
+def call_status(record: CallRecord) -> str:
+    """The ``status`` label of a finished call (one of STATUSES)."""
+    if record.replayed:
+        return "replayed"
+    if record.ok:
+        return "success"
+    return _STATUS_OF_CODE.get(record.error_code or "", "failed")
+
+
+def configured_port(settings: MetricsSettings) -> int:
+    """``$MIRAI_METRICS_PORT`` when set, else ``observability.metrics.port``."""
+    raw = os.environ.get(ENV_PORT, "").strip()
+    if not raw:
+        return settings.port
+    if raw.isdigit() and int(raw) <= 65535:
+        return int(raw)
+    raise ConfigError(
+        f"{ENV_PORT}={raw!r} is not a port",
+        hint="set it to a number 0–65535 (0 picks a free port) or unset it",
+    )
+
+
 class _BreakerCollector:
-    """`mirai_circuit_breaker_open{model}` read from the live breakers at scrape time."""
+    """`mirai_openai_circuit_breaker_open{model}` read from the live breakers at scrape time."""
 
     def __init__(self) -> None:
         self.source: Callable[[], dict[str, str]] = dict
@@ -33,7 +96,7 @@ class _BreakerCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         family = GaugeMetricFamily(
-            "mirai_circuit_breaker_open",
+            f"{PREFIX}_circuit_breaker_open",
             "1 while the model's circuit breaker is not closed (open, or half-open probing)",
             labels=["model"],
         )
@@ -55,6 +118,11 @@ class _BreakerCollector:
         return []  # collected lazily: nothing to check at registration
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every 15 s must not print into the notebook
+
+
 class Metrics:
     """The session's metric families and the optional HTTP endpoint serving them."""
 
@@ -62,32 +130,31 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.settings = settings
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "mirai_requests_total", "Calls by outcome", ["model", "status"], registry=r
+            f"{PREFIX}_requests_total", "Finished calls by outcome", ["model", "status"], registry=r
         )
         self.tokens = Counter(
-            "mirai_tokens_total", "Tokens reported by the API", ["model", "direction"], registry=r
+            f"{PREFIX}_tokens_total", "Tokens the API reported", ["model", "direction"], registry=r
         )
         self.retries = Counter(
-            "mirai_retries_total",
-            "Failed attempts that were retryable",
+            f"{PREFIX}_retries_total",
+            "Failed attempts that were retryable (429, 5xx, timeouts, connection errors)",
             ["model", "reason"],
             registry=r,
         )
         self.latency = Histogram(
-            "mirai_latency_seconds",
-            "Call latency, retries and waits included",
+            f"{PREFIX}_latency_seconds",
+            "Latency of one HTTP attempt (each retry is its own observation)",
             ["model"],
             buckets=list(settings.latency_buckets_s),
             registry=r,
         )
         self.degradations = Counter(
-            "mirai_degradations_total", "Calls sent under a degradation rule", ["rule"], registry=r
+            f"{PREFIX}_degradations_total", "Calls sent under a degradation", ["rule"], registry=r
         )
         self.quota_rejections = Counter(
-            "mirai_quota_rejections_total", "Calls refused by a quota", ["kind"], registry=r
+            f"{PREFIX}_quota_rejections_total", "Calls refused by a quota", ["kind"], registry=r
         )
         self.breakers = _BreakerCollector()
         r.register(self.breakers)
@@ -123,17 +190,33 @@ class Metrics:
         return None if self._server is None else int(self._server.server_port)
 
     def serve(self, port: int) -> int:
-        """Serve `/metrics` on 127.0.0.1:``port`` (0 picks a free port); idempotent."""
-        from prometheus_client import start_http_server
+        """Serve `/metrics` on 127.0.0.1:``port`` (0: any free port); idempotent.
 
+        Raises OSError when the port cannot be bound; a running endpoint then stays up.
+        """
         with self._lock:
             if self._server is not None and port in (0, self.port):
                 return int(self._server.server_port)
-            # bind the new port first: if it is busy, the running endpoint stays up
-            server, thread = start_http_server(port, addr=LOOPBACK, registry=self.registry)
+            server = self._bind(port)
             self._stop_locked()
-            self._server, self._thread = server, thread
-            return int(self._server.server_port)
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},  # stop() waits at most this long
+                name="mirai-metrics",
+                daemon=True,
+            )
+            self._thread.start()
+            return int(server.server_port)
+
+    def _bind(self, port: int) -> Any:
+        from wsgiref.simple_server import make_server
+
+        from prometheus_client import make_wsgi_app
+        from prometheus_client.exposition import ThreadingWSGIServer
+
+        app = make_wsgi_app(self.registry)
+        return make_server(LOOPBACK, port, app, ThreadingWSGIServer, handler_class=_Quiet)
 
     def stop(self) -> bool:
         """Stop the endpoint; False when it was not running."""

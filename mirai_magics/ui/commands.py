@@ -124,7 +124,7 @@ memory = COMMANDS.group("memory", "Search, inspect and feed the notebook memory.
 @memory.register("search")
 @magic_arguments()
 @argument("query", nargs="*", metavar="QUERY", help="e.g. how did we load the data")
-@argument("-k", type=count, default=None, metavar="N", help="how many hits (default: memory.top_k)")
+@argument("-k", type=count, default=None, metavar="N", help="hits (default: context.rag.top_k)")
 def memory_search(magics: Any, args: Args) -> None:
     """The cells and learned files closest in meaning to QUERY, best first.
 

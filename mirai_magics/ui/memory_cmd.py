@@ -116,7 +116,11 @@ def open_memory(magics: Any) -> Any:
     memory = session.memory
     _hand_over(magics, memory)
     if not session.config.memory.enabled:
-        raise UsageError("memory is disabled", hint="set memory.enabled: true in the config")
+        raise UsageError(
+            "memory is disabled",
+            hint="set context.rag.enabled: true in the config "
+            "(and `%config MiraiMagics.memory_enabled = True`)",
+        )
     return memory
 
 

@@ -17,21 +17,18 @@ def metrics_command(session: Any, port: int | None = None, stop: bool = False) -
 
 
 def _stop(session: Any) -> str:
-    telemetry = getattr(session, "telemetry", None)
-    if telemetry is not None and telemetry.stop():
+    if session.telemetry.stop():
         return "metrics endpoint stopped"
     return "metrics endpoint was not running"
 
 
 def _serve(session: Any, port: int | None) -> str:
-    if getattr(session, "telemetry", None) is None:
-        session.client  # noqa: B018 — building the client creates the session's telemetry
-    wanted = session.config.observability.metrics.port if port is None else port
+    wanted = session.telemetry.configured_port if port is None else port
     try:
         bound = session.telemetry.serve(wanted)
     except OSError as exc:
         raise UsageError(
             f"cannot serve metrics on 127.0.0.1:{wanted} ({exc.strerror or exc})",
-            hint="pick another port with `%mirai metrics --port N`",
+            hint="pick another port with `%mirai metrics --port N` (0 picks a free one)",
         ) from None
     return f"Prometheus metrics at http://127.0.0.1:{bound}/metrics (stop: %mirai metrics --stop)"

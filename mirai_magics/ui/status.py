@@ -34,9 +34,18 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
             f"{len(session.history)} / {session.config.context.max_history_messages} messages",
         ),
     ]
+    rows += profile_rows(session.config)
     rows += [(f"breaker {model}", state) for model, state in session.breaker_states().items()]
     rows += [(label, value) for label, value in session.extra_status()]
     return rows
+
+
+def profile_rows(config: Any) -> list[tuple[str, str]]:
+    """One row per profile: its model and the seed's ``use_cases`` (what it is meant for)."""
+    return [
+        (f"profile {name}", " · ".join(filter(None, [p.name, ", ".join(p.use_cases)])))
+        for name, p in config.models.items()
+    ]
 
 
 def show_status(session: Any, defaults: CellDefaults) -> None:

@@ -35,11 +35,14 @@ def model_picker(config: Any, defaults: CellDefaults) -> Any:
     summary = w.HTML()
 
     def load_profile(name: str) -> None:
-        prof = config.profiles[name]
+        # read both values before assigning: each assignment below may run apply()
+        prof, picked = config.profiles[name], defaults.overrides_for(name)
+        temperature = picked.get("temperature", prof.temperature or 0.0)
+        max_tokens = picked.get("max_tokens", prof.output_cap or 1024)
         slider.max = prof.max_temperature
-        slider.value = defaults.overrides.get("temperature", prof.temperature or 0.0)
+        slider.value = temperature
         slider.disabled = prof.kind == "reasoning"
-        tokens.value = defaults.overrides.get("max_tokens", prof.output_cap or 1024)
+        tokens.value = max_tokens
 
     def apply(_change: Any = None) -> None:
         temperature = None if slider.disabled else slider.value

@@ -86,6 +86,7 @@ def lab_env(base: Path, extra: dict[str, str]) -> dict[str, str]:
         JUPYTERLAB_WORKSPACES_DIR=str(base / "jupyter" / "workspaces"),
         IPYTHONDIR=str(base / "ipython"),
         MIRAI_HOME=str(base / "mirai"),
+        MIRAI_METRICS_PORT="0",  # each kernel on a free port, not a race for 9090
         PYTHONPATH=os.pathsep.join(pythonpath),
         PYDEVD_DISABLE_FILE_VALIDATION="1",
     )

@@ -84,6 +84,7 @@ def test_picker_choice_changes_the_next_call(open_notebook, e2e_server):
     picker = notebook.run(1).locator(".mirai-picker")
     dropdown = picker.locator("select")
     expect(dropdown).to_have_value("main")
+    expect(picker).to_contain_text("next %%mirai → main/gpt-4o-mini, T=0.25, max_tokens=2000")
     notebook.screenshot("2-picker-main")
 
     names = dropdown.locator("option").all_inner_texts()
@@ -93,7 +94,7 @@ def test_picker_choice_changes_the_next_call(open_notebook, e2e_server):
         notebook.page.keyboard.press("ArrowDown")
     notebook.page.keyboard.press("Enter")
     expect(dropdown).to_have_value("heavy")
-    expect(picker).to_contain_text("next %%mirai → heavy/gpt-4o,")
+    expect(picker).to_contain_text("next %%mirai → heavy/gpt-4o, T=0.25, max_tokens=2500")
     notebook.screenshot("2-picker-heavy")
     assert chat_requests(e2e_server) == []
 
@@ -162,4 +163,4 @@ def test_status_renders_its_table(open_notebook, e2e_server):
     assert rows["default profile"] == "main" and rows["breaker gpt-4o-mini"] == "closed"
     assert e2e_server.base_url in rows["endpoint"]
     assert re.fullmatch(r"[\d,]+ ms / [\d,]+ ms", rows["latency p50 / p95"])
-    assert rows["history"].startswith("2 / ")
+    assert rows["history"] == "2 / 12 messages"  # context.max_history_messages
