@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import types
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
+from .config_errors import Layer, dotted, first_error, locate
 from .errors import ConfigError, UsageError
 from .redact import REDACTED, looks_like_key
 from .schema import (
@@ -34,6 +34,7 @@ from .schema import (
     Profile,
     Rag,
     RateLimitRule,
+    Routing,
     Security,
     Strict,
     Testing,
@@ -73,7 +74,6 @@ KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password",
 ENV_CONFIG = "MIRAI_CONFIG"
 ENV_BASE_URLS = ("MIRAI_BASE_URL", "OPENAI_BASE_URL")
 KEY_HINT = "set the environment variable named by security.api_key_env_var instead"
-Layer = tuple[str, str]  # (source, YAML text), in the order they are merged
 
 
 class KeyPathError(ValueError):
@@ -98,6 +98,7 @@ class Config(Strict):
     testing: Testing = Testing()
     endpoint: Endpoint = Endpoint()
     ui: UI = UI()
+    routing: Routing = Routing()
     pricing: dict[str, Price] = Field(default_factory=dict)
     _source: str = PrivateAttr("<defaults>")
 
@@ -269,8 +270,8 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     secret = _secret_in(data, ())
     if secret is not None:
         where, problem = secret
-        located = _locate([(source, text)], where)
-        raise ConfigError(f"{located}: {_dotted(where)}: {problem}", hint=KEY_HINT)
+        located = locate([(source, text)], where)
+        raise ConfigError(f"{located}: {dotted(where)}: {problem}", hint=KEY_HINT)
     return data
 
 
@@ -310,103 +311,6 @@ def _validate(layers: list[Layer]) -> Config:
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, layers)) from None
+        raise ConfigError(first_error(exc, layers, Config)) from None
     config._source = layers[-1][0]
     return config
-
-
-def _first_error(exc: ValidationError, layers: list[Layer]) -> str:
-    """One line: the file and line that set the key, its dotted path and the problem."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    raw = getattr((first.get("ctx") or {}).get("error"), "loc", None) or first["loc"]
-    loc = _walk(raw)[0]
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = f"unknown key (valid: {', '.join(_valid_keys(raw[:-1]))})"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    elif first["type"] != "value_error" and not isinstance(first.get("input"), dict | list):
-        msg = f"{msg.replace('Input should be', 'must be')} (got {first.get('input')!r})"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    dotted = _dotted(loc)
-    return f"{_locate(layers, loc)}: {dotted + ': ' if dotted else ''}{msg}{more}"
-
-
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model found at ``loc`` inside Config (for 'unknown key' errors)."""
-    model = _walk(loc)[1]
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
-    """``loc`` without the union tags pydantic inserts (``rules[0].rate_limit_429.window_s``
-    is ``rules[0].window_s`` in the file), and the type found at its end."""
-    clean: list[Any] = []
-    kind: Any = Config
-    for part in loc:
-        kind = _unwrap(kind)
-        members = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else ()
-        tagged = next((m for m in members if part in _tags(m)), None)
-        if tagged is not None:
-            kind = tagged
-            continue
-        clean.append(part)
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            field = kind.model_fields.get(part)
-            kind = field.annotation if field else None
-        else:  # a list or dict entry: the element type; anything else has no parts
-            kind = get_args(kind)[-1] if get_origin(kind) in (list, dict) else None
-    return tuple(clean), _unwrap(kind)
-
-
-def _unwrap(kind: Any) -> Any:
-    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
-
-
-def _tags(member: Any) -> set[str]:
-    """How pydantic names a union member in an error location (its class, its literal tag)."""
-    if not (isinstance(member, type) and issubclass(member, BaseModel)):
-        return {getattr(member, "__name__", str(member))}
-    literals = [
-        get_args(f.annotation)
-        for f in member.model_fields.values()
-        if get_origin(f.annotation) is Literal
-    ]
-    return {member.__name__, *(str(args[0]) for args in literals if len(args) == 1)}
-
-
-def _locate(layers: list[Layer], loc: tuple[Any, ...]) -> str:
-    """``file: line N`` of the key at ``loc`` (or of its deepest parent that is written) in
-    the last layer that writes it; just the last file when no layer does."""
-    best: tuple[int, str, int | None] = (0, layers[-1][0], None)
-    for source, text in layers:
-        depth, line = _line_of(yaml.compose(text, Loader=yaml.SafeLoader), loc)
-        if line is not None and depth >= best[0]:
-            best = (depth, source, line)
-    _, source, line = best
-    return f"{source}: line {line}" if line else source
-
-
-def _line_of(node: Any, loc: tuple[Any, ...]) -> tuple[int, int | None]:
-    """How many parts of ``loc`` a composed YAML tree has, and the line of the deepest one."""
-    depth, line = 0, None
-    for part in loc:
-        pair = None
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            pair = (node.value[part],) * 2 if part < len(node.value) else None
-        if pair is None:
-            break
-        depth, line, node = depth + 1, pair[0].start_mark.line + 1, pair[1]
-    return depth, line
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -43,6 +43,17 @@ class Defaults(Strict):
     stream: bool = True
 
 
+class Canary(Strict):
+    """``models.<profile>.canary``: a share of sessions tries another (dated) model version."""
+
+    name: str = Field(min_length=1)
+    percent: float = Field(ge=0, le=100)
+    window_calls: int = Field(100, ge=1)  # recent calls of each version compared
+    min_calls: int = Field(20, ge=1)  # of the canary, before it can be judged
+    max_error_rate_delta: float = Field(0.05, ge=0, le=1)  # +5 points over the stable's
+    max_p95_factor: float = Field(1.5, ge=1)  # or 1.5 × the stable's p95 latency
+
+
 class Profile(Strict):
     """One entry of ``models:``; ``name`` is the model id sent to the API."""
 
@@ -59,6 +70,7 @@ class Profile(Strict):
     timeout_s: float | None = Field(None, gt=0)
     max_retries: int | None = Field(None, ge=1, le=20)
     use_cases: list[str] = []
+    canary: Canary | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> Profile:
@@ -316,6 +328,16 @@ class Endpoint(Strict):
 class UI(Strict):
     stream_throttle_ms: float = Field(50, ge=0)
     default_format: Literal["markdown", "code", "text", "json"] = "markdown"
+    default_profile: str = "main"  # a profile of models:, or auto (routing picks per cell)
+
+
+class Routing(Strict):
+    """``%%mirai auto``: which of main / heavy / fast a cell goes to (smart switching)."""
+
+    classifier: Literal["local", "fast"] = "local"  # fast: one short call to the fast profile
+    classifier_timeout_s: float = Field(2.0, gt=0)
+    rules: dict[str, list[str]] = {}  # profile → extra regex patterns (override the built-ins)
+    target: dict[str, float] = {"main": 70, "heavy": 25, "fast": 5}  # percent, shown by status
 
 
 class Price(Strict):

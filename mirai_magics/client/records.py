@@ -47,6 +47,17 @@ class Degradation:
         return f"{FALLBACK}:{self.detail}" if self.rule == FALLBACK else self.rule
 
 
+@dataclass(frozen=True)
+class Route:
+    """How ``auto`` chose a cell's profile: the profile, why, and by which classifier."""
+
+    profile: str
+    reason: str  # "code generation", "classification", "simple question", …
+    classifier: str = "local"  # local, or fast (one short call to the fast profile)
+    tokens_in: int = 0  # the fast classifier's own tokens
+    tokens_out: int = 0
+
+
 @dataclass
 class Attempt:
     """One HTTP attempt as observers see it: why it failed (or "ok"), and whether it was the
@@ -86,6 +97,9 @@ class CallRecord:
     error_code: str | None = None
     quota: str | None = None  # which quota refused the call ("rate", "tokens", "request", …)
     user: str = ""
+    route: Route | None = None  # set when the call asked for ``auto``
+    response_model: str | None = None  # the model the API says answered (``response.model``)
+    canary: str | None = None  # the canary model version this call was sent to, if any
 
     @property
     def ok(self) -> bool:
