@@ -1,8 +1,9 @@
 """The call log: every call (success or failure) appended to SQLite, secrets redacted.
 
 One row per call with its request (parameters, messages unless ``include_prompts`` is
-off), the answer, usage, latency, attempts, retry reasons, degradation and error (the
-row itself is built by :mod:`mirai_magics.calllog_rows`). The main log lives in
+off), the answer, usage, latency, attempts, retry reasons, degradation, `auto` route, the
+model version (sent, reported by the API, canary) and error (the row itself is built by
+:mod:`mirai_magics.calllog_rows`; an older file gains newer columns on open). The main log lives in
 ``<home>/calls.sqlite`` (WAL, so two kernels can append at once); ``MIRAI_RECORD=path``
 adds a *cassette*: the same table holding only live chat calls, in rollback-journal mode
 so the file can be committed next to a notebook.
@@ -47,6 +48,13 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_request_hash ON calls(request_hash);
 CREATE INDEX IF NOT EXISTS calls_prompt_hash ON calls(prompt_hash);
 """
+# Columns added after the first layout: an older file gets them on open (_ensure_columns).
+ADDED_COLUMNS = {
+    "response_model": "TEXT",  # the model the API reported answering
+    "canary": "TEXT",  # the canary model version the call was sent to
+    "route_profile": "TEXT",  # what `auto` chose (NULL: a profile was named)
+    "route_reason": "TEXT",  # and why: "code generation", "spam filtering", …
+}
 
 
 # --- the SQLite file -------------------------------------------------------------------
@@ -63,10 +71,24 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
         conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(SCHEMA)
+        _ensure_columns(conn, ADDED_COLUMNS)
     except sqlite3.Error:
         conn.close()
         raise
     return conn
+
+
+def _ensure_columns(conn: sqlite3.Connection, columns: dict[str, str]) -> None:
+    """``ALTER TABLE calls ADD COLUMN`` for each of ``columns`` (name → type) it lacks."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    for name, kind in columns.items():
+        if name in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError as exc:  # another kernel added it a moment ago
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def read_calls(path: Path, limit: int = 10) -> list[dict[str, Any]]:

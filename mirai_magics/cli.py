@@ -1,4 +1,4 @@
-"""The `mirai` command: demo, serve, check-config, alerts, loadtest, golden."""
+"""The `mirai` command: demo, serve, check-config, alerts, loadtest, golden, canary-report."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text, module in (
         ("loadtest", "parallel multi-turn dialogs with fault injection", "loadtest"),
         ("golden", "run golden prompts and print a pass/fail table", "golden"),
+        ("canary-report", "calls, errors, latency and cost per model version", "canary_report"),
     ):
         _add_lazy(sub, name, help_text, module)
     return parser

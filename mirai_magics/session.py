@@ -1,7 +1,7 @@
 """The composition root: builds a notebook's parts from the config and hands them out.
 
-``Session`` builds the engine thread, history, quota policy, telemetry, call logs and
-replay, the SDK client (lazily, on the engine thread) and the notebook memory (lazily).
+``Session`` builds the engine thread, history, quota policy, canaries, telemetry, call logs
+and replay, the SDK client (lazily, on the engine thread) and the notebook memory (lazily).
 Everything derived from the config goes through ``_apply``, so ``reload`` rebuilds it all
 the same way construction did. It assembles no prompts (``prompt.py``) and keeps no UI
 state (the magics do); ``chat``/``stream_chat``/``embed`` are a sync facade over the engine.
@@ -49,6 +49,7 @@ class Session:
         self.records: list[CallRecord] = []
         self.status_sources: list[Any] = []  # callables giving `%mirai status` rows
         self.policy: Any = None  # quotas + degradation rules (kept across reloads)
+        self.canaries: Any = None  # canary model versions per profile (kept across reloads)
         self.telemetry: Any = None  # metrics registry, logs, traces: one per Session
         self.call_logs: list[Any] = []
         self.replay: Any = replay_from_env()  # MIRAI_REPLAY, or `%mirai replay PATH`
@@ -67,6 +68,7 @@ class Session:
     def _apply(self, config: Config) -> None:
         """Build (or rebuild after a reload) every part that depends on the config."""
         from .calllog import reopen_call_logs
+        from .client.canary import Canaries, session_identity
         from .client.policy import Policy, quota_settings
         from .telemetry import Telemetry
 
@@ -85,6 +87,10 @@ class Session:
         else:
             self.telemetry.configure(config)
         self.call_logs = reopen_call_logs(config, self.call_logs)
+        if self.canaries is None:  # one session id, suspensions kept by a reload
+            self.canaries = Canaries(config.models, session_identity())
+        else:
+            self.canaries.configure(config.models)
 
     @property
     def memory_enabled(self) -> bool:
@@ -108,16 +114,17 @@ class Session:
     async def _build_client(self) -> Any:
         from .client.client import ResilientClient
 
-        observers = [Collect(self.records, keep=1000), *self.policy.observers, self.telemetry]
+        observers = [Collect(self.records, keep=1000), *self.policy.observers, self.canaries]
         client = ResilientClient(
             self.config,
             self.endpoint.sdk(),
             clock=self.policy.clock,
             sleep=self.policy.sleep,
             policy=self.policy,
-            observers=[*observers, *self.call_logs],
+            observers=[*observers, self.telemetry, *self.call_logs],
             user=self.user,
             rekey=self.endpoint.rotate,  # a 401 re-reads the key from the environment
+            canaries=self.canaries,
         )
         client.replay = self.replay
         return client
@@ -189,6 +196,7 @@ class Session:
     def extra_status(self) -> list[tuple[str, str]]:
         """Status rows of the quota policy, telemetry and memory, and the config's notices."""
         rows: list[tuple[str, str]] = self.policy.status_rows()
+        rows.extend(self.canaries.status_rows())
         rows.extend(self.telemetry.status_rows())
         rows.extend(self.endpoint.status_rows())
         for part in self.status_sources:

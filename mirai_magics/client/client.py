@@ -13,14 +13,16 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from ..config import Config, Profile
 from ..errors import CircuitOpenError, MiraiError, RetriesExhaustedError
 from ..telemetry.tracing import traced_call
-from ..tokens import count_messages, count_text
+from ..tokens import count_messages, count_text, message_text
 from .breaker import CircuitBreaker
+from .canary import Canaries
 from .failures import as_mirai_error, fallback_reason
 from .keys import KEY_ROTATED
 from .observers import Observer
 from .params import chat_params, output_cap
 from .records import FALLBACK, Attempt, CallRecord, Degradation, Reply
 from .retry import Outcome, backoff, classify, stop_before_deadline, wait_retry_after
+from .routing import AUTO, Router
 
 OFFLINE_FINGERPRINT = "mirai-offline"
 RESTART = object()  # sent to on_text when a stream is retried after partial output
@@ -72,6 +74,7 @@ class ResilientClient:
         observers: list[Observer] | None = None,
         user: str = "",
         rekey: Callable[[Any], bool] | None = None,
+        canaries: Canaries | None = None,
     ):
         self.config = config
         self.sdk = sdk
@@ -81,8 +84,10 @@ class ResilientClient:
         self.observers: list[Observer] = observers if observers is not None else []
         self.user = user
         self.rekey = rekey  # after a 401: give the SDK a rotated key (Endpoint.rotate)
+        self.canaries = canaries  # which model version a profile's call goes to
         self.breakers: dict[str, CircuitBreaker] = {}
         self.replay: Any = None  # answers from a recorded call log (see mirai_magics.replay)
+        self._router: Router | None = None  # built on the first `auto` call
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:
@@ -101,16 +106,24 @@ class ResilientClient:
         on_text: TextSink | None = None,
         background: bool = False,
         prompt_tokens: int | None = None,
+        route_text: str | None = None,
         **overrides: Any,
     ) -> Reply:
         """One chat call with retries and fallback; raises a MiraiError on failure.
 
         ``prompt_tokens``: the messages' token count when the caller already has it (prompt
-        assembly counts once; the client counts only when it is not given).
+        assembly counts once; the client counts only when it is not given). Profile ``auto``
+        is resolved first (see ``routing``) from ``route_text`` (the cell as typed; default:
+        the last user message); the chosen profile is then the one asked for, so fallback and
+        degradation apply to it as to any other.
         """
-        record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
-        record.user = self.user
         started = self.clock()
+        route = None
+        if profile == AUTO:
+            route = await self.router.route(_user_text(messages, route_text), self.chat)
+            profile = route.profile
+        record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
+        record.user, record.route = self.user, route
         text: str | None = None
         estimate = prompt_tokens if prompt_tokens is not None else count_messages(messages)[0]
         try:
@@ -158,6 +171,13 @@ class ResilientClient:
             self._call_ended(record, None, None)
         return vectors, record
 
+    @property
+    def router(self) -> Router:
+        """What resolves ``auto`` (its config errors surface on the first `auto` call)."""
+        if self._router is None:
+            self._router = Router(self.config, self.clock)
+        return self._router
+
     # --- fallback and retries --------------------------------------------------
 
     async def _chat_with_fallback(
@@ -177,6 +197,8 @@ class ResilientClient:
             pinned = name == record.requested_profile  # --model pins the requested profile only
             hop = overrides if pinned else {k: v for k, v in overrides.items() if k != "model"}
             params = chat_params(name, prof, hop)
+            if self.canaries is not None and "model" not in hop:  # a --model pin wins
+                params = self.canaries.apply(name, prof, params, record)
             if self.policy is not None:
                 params = self.policy.adjust_params(params, record)
             record.profile, record.model, record.params = name, params["model"], params
@@ -312,6 +334,7 @@ class ResilientClient:
             )
             choice = response.choices[0] if response.choices else None
             record.offline = response.system_fingerprint == OFFLINE_FINGERPRINT
+            record.response_model = response.model or None
             record.finish_reason = choice.finish_reason if choice else None
             _take_usage(record, response.usage)
             return (choice.message.content if choice else None) or ""
@@ -337,6 +360,7 @@ class ResilientClient:
         try:
             async for chunk in stream:
                 record.offline = chunk.system_fingerprint == OFFLINE_FINGERPRINT
+                record.response_model = chunk.model or record.response_model
                 if chunk.usage is not None:
                     _take_usage(record, chunk.usage)
                 for choice in chunk.choices:
@@ -353,7 +377,9 @@ class ResilientClient:
     # --- records ------------------------------------------------------------------
 
     def _fail(self, record: CallRecord, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        if isinstance(exc, asyncio.CancelledError) and exc.args:  # cancelled with a reason
+            record.error, record.error_code = str(exc.args[0]), "timeout"
+        elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             record.error, record.error_code = "cancelled by the user", "cancelled"
         elif isinstance(exc, MiraiError):
             record.error, record.error_code = str(exc), exc.code
@@ -369,6 +395,14 @@ class ResilientClient:
     ) -> None:
         for observer in self.observers:
             observer.on_call(record, messages, text)
+
+
+def _user_text(messages: list[dict[str, Any]], given: str | None) -> str:
+    """What ``auto`` classifies: ``given``, else the last user message."""
+    if given is not None:
+        return given
+    users = [m for m in messages if m.get("role") == "user"]
+    return message_text(users[-1]) if users else ""
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

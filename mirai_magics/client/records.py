@@ -100,6 +100,7 @@ class CallRecord:
     route: Route | None = None  # set when the call asked for ``auto``
     response_model: str | None = None  # the model the API says answered (``response.model``)
     canary: str | None = None  # the canary model version this call was sent to, if any
+    canary_suspended: str | None = None  # why its profile's canary is off for this session
 
     @property
     def ok(self) -> bool:

@@ -10,6 +10,7 @@ import json
 import math
 import re
 
+from ..client.routing import ROUTER_TAG
 from ..text import clip
 
 FINGERPRINT = "mirai-offline"
@@ -87,11 +88,23 @@ def _markdown_answer(model: str, last: str, n_messages: int) -> str:
     )
 
 
+def _route_answer(last: str) -> str:
+    """A routing request (`auto` with ``routing.classifier: fast``): the offline stand-in for
+    an intent classifier is the local rules, and the answer says it is offline."""
+    from ..client.routing import LocalClassifier
+
+    route = LocalClassifier.builtin().classify(last)
+    obj = {"profile": route.profile, "reason": route.reason, "offline": True}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 def chat_answer(body: dict, variant: str | None = None) -> str:
     """The full (untruncated) answer for a validated chat request body."""
     messages = body["messages"]
     model = str(body["model"])
     last = last_user_text(messages)
+    if wants_json(body) and system_text(messages).startswith(ROUTER_TAG):
+        return _route_answer(last)
     if wants_json(body):
         return _json_answer(model, last, len(messages), variant)
     text = _code_answer(last) if wants_code(body) else _markdown_answer(model, last, len(messages))

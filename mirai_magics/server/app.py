@@ -189,6 +189,8 @@ class App:
             self._check_auth(req)
             if parse_error is not None:
                 raise parse_error
+            if body is not None and outcome.faults.fails_model(body.get("model")):
+                raise fault_error(outcome.faults.status_5xx)
             result = endpoint(req, body)
         except ApiError as err:
             return await self._send_error(conn, err, outcome.faults)
@@ -226,7 +228,8 @@ class App:
         endpoints.validate_chat(body)
         variant = f"{self._variant_rng.getrandbits(32):08x}" if self.vary else None
         cid = f"chatcmpl-offline-{next(self._chat_ids)}"
-        return endpoints.chat(body, cid, int(time.time()), variant)
+        answered_by = self.plan.faults.answer_model
+        return endpoints.chat(body, cid, int(time.time()), variant, answered_by)
 
     def _do_embeddings(self, req: Request, body: dict | None) -> object:
         assert body is not None

@@ -113,10 +113,15 @@ def validate_chat(body: dict) -> None:
     _check_reasoning_params(body, model)
 
 
-def chat(body: dict, cid: str, created: int, variant: str | None) -> dict | SseBody:
-    """A chat completion (or its SSE stream) for a validated request body."""
+def chat(
+    body: dict, cid: str, created: int, variant: str | None, answered_by: str | None = None
+) -> dict | SseBody:
+    """A chat completion (or its SSE stream) for a validated request body; ``answered_by``:
+    the ``model`` the response reports instead of the requested one (fault ``answer_model``)."""
     full = answers.chat_answer(body, variant)
     text, finish = answers.truncate(full, answers.token_limit(body))
+    if answered_by:
+        body = {**body, "model": answered_by}
     if body.get("stream") is True:
         chunks = answers.stream_chunks(body, cid, created, text, finish)
         return SseBody(answers.sse_events(chunks))

@@ -60,12 +60,24 @@ class Faults:
     embed_dims: int | None = fault(
         None, "embeddings: answer with this width, ignoring `dimensions`", low=1
     )
+    # model versions (pinned models, canaries):
+    fail_models: str | None = fault(
+        None, "answer requests for these model ids (comma list) with status_5xx"
+    )
+    answer_model: str | None = fault(
+        None, "chat: report this `model` in answers instead of the requested one"
+    )
 
     def __post_init__(self) -> None:
         validate_faults(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def fails_model(self, model: object) -> bool:
+        """``fail_models`` names this model id."""
+        names = {m.strip() for m in (self.fail_models or "").split(",")}
+        return isinstance(model, str) and model in names - {""}
 
 
 @dataclass(frozen=True)

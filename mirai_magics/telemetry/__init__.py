@@ -1,10 +1,11 @@
 """Telemetry of one session: Prometheus metrics, JSON call logs and tracing, fed by observers.
 
 `Telemetry` is a ResilientClient observer: each attempt counts retries, is observed in the
-latency histogram and becomes a span event; each call counts requests, tokens, degradations
-and quota rejections, and writes the log line. With ``observability.metrics.enabled`` the
-`/metrics` endpoint starts with the Telemetry (no `%mirai metrics` needed); a port that
-cannot be bound is one `%mirai status` row, never an error. Heavy imports
+latency histogram and becomes a span event; each call counts requests, tokens, degradations,
+quota rejections and `auto` routes, and writes the log line. With
+``observability.metrics.enabled`` the `/metrics` endpoint starts with the Telemetry (no
+`%mirai metrics` needed); a port that cannot be bound is one `%mirai status` row, never an
+error. Heavy imports
 (prometheus_client) happen when a Telemetry is created.
 """
 
@@ -106,6 +107,8 @@ class Telemetry(Observer):
             m.quota_rejections.labels(record.quota).inc()
         for rule in dict.fromkeys(d.rule for d in record.degradations):
             m.degradations.labels(rule).inc()
+        if record.route is not None:
+            m.routes.labels(record.route.profile, record.route.reason).inc()
         m.requests.labels(model, call_status(record)).inc()
         if record.replayed:
             return  # nothing was sent: no tokens spent

@@ -12,6 +12,8 @@ prompts, keys or other free text. The families (the seed's names):
 - ``mirai_openai_circuit_breaker_open{model}``: 1 while the breaker is open or half-open
 - ``mirai_openai_degradations_total{rule}``, ``mirai_openai_quota_rejections_total{kind}``
   and the memory's ``mirai_memory_*_total``
+- ``mirai_openai_routes_total{profile,reason}``: calls that asked for ``auto``, by the profile
+  routing chose and its reason (a closed set: the classifier's reasons, use cases and rules)
 
 The endpoint listens on 127.0.0.1 at ``observability.metrics.port``; ``MIRAI_METRICS_PORT``
 overrides it (0 picks a free port), e.g. for tests or a second notebook on the same host.
@@ -155,6 +157,12 @@ class Metrics:
         )
         self.quota_rejections = Counter(
             f"{PREFIX}_quota_rejections_total", "Calls refused by a quota", ["kind"], registry=r
+        )
+        self.routes = Counter(
+            f"{PREFIX}_routes_total",
+            "Calls that asked for auto, by the profile routing chose and why",
+            ["profile", "reason"],
+            registry=r,
         )
         self.breakers = _BreakerCollector()
         r.register(self.breakers)

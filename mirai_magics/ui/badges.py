@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..client.records import CallRecord
+from ..pricing import cost, price_for
 from ..redact import redact
 from ..text import clip
 
@@ -37,7 +38,7 @@ def badge_parts(record: CallRecord, prices: Mapping[str, Any] | None = None) -> 
 
 def badge_flags(record: CallRecord, extra: Sequence[str] = ()) -> list[str]:
     """Flags that apply: offline, replayed, retried ×N, degraded, breaker, plus caller's extras."""
-    flags: list[str] = []
+    flags = route_flags(record)
     if record.offline:
         flags.append("offline")
     if record.replayed:
@@ -45,9 +46,24 @@ def badge_flags(record: CallRecord, extra: Sequence[str] = ()) -> list[str]:
     if record.retry_reasons:
         flags.append(f"retried ×{len(record.retry_reasons)} ({', '.join(record.retry_reasons)})")
     flags.extend(degradation_flags(record))
+    flags.extend(version_flags(record))
     if record.breaker and record.breaker != "closed":
         flags.append(f"breaker {record.breaker}")
     flags.extend(extra)
+    return flags
+
+
+def route_flags(record: CallRecord) -> list[str]:
+    """``auto → heavy (code generation)``, then what the router spent or why it fell back:
+    ``router 41→9 tokens``, ``router: fast (cached)``, ``router: local (fast failed: 5xx)``."""
+    route = record.route
+    if route is None:
+        return []
+    flags = [f"auto → {route.profile} ({route.reason})"]
+    if route.classifier == "fast":
+        flags.append(f"router {route.tokens_in:,}→{route.tokens_out:,} tokens")
+    elif route.classifier != "local":
+        flags.append(f"router: {route.classifier}")
     return flags
 
 
@@ -61,6 +77,19 @@ def degradation_flags(record: CallRecord) -> list[str]:
     for d in record.degradations:
         if not d.reroutes:
             flags.append(f"degraded: {d.rule}" + (f" ({d.detail})" if d.detail else ""))
+    return flags
+
+
+def version_flags(record: CallRecord) -> list[str]:
+    """``canary <model>`` when the canary answered, ``canary suspended: <why>``, and
+    ``answered by <model>`` when the API reports another model than the one asked for."""
+    flags = []
+    if record.canary and record.canary == record.model:
+        flags.append(f"canary {record.canary}")
+    if record.canary_suspended:
+        flags.append(f"canary suspended: {record.canary_suspended}")
+    if record.response_model and record.response_model != record.model:
+        flags.append(f"answered by {record.response_model}")
     return flags
 
 
@@ -102,8 +131,9 @@ def one_line(message: str, limit: int = 400) -> str:
 
 
 def estimated_cost(record: CallRecord, prices: Mapping[str, Any]) -> float | None:
-    """USD estimate from the per-model price table (per million tokens); none offline/replayed."""
-    price = prices.get(record.model)
+    """USD estimate from the per-model price table (per million tokens; a dated model is
+    priced as its undated name unless listed); none offline/replayed."""
+    price = price_for(record.model, prices)
     if (
         record.offline
         or record.replayed
@@ -112,4 +142,4 @@ def estimated_cost(record: CallRecord, prices: Mapping[str, Any]) -> float | Non
         or record.tokens_out is None
     ):
         return None
-    return (record.tokens_in * price.input + record.tokens_out * price.output) / 1_000_000
+    return cost(record.tokens_in, record.tokens_out, price)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client.loop import responsive
+from ..client.routing import AUTO
 from ..errors import MiraiError, UsageError
 from ..telemetry.tracing import span
 from .defaults import CellDefaults
@@ -36,10 +37,16 @@ class CellRequest:
 def request_from_args(
     args: Any, text: str, config: Any, defaults: CellDefaults | None = None
 ) -> CellRequest:
-    """Merge parsed arguments with the cell defaults (`%mirai use`, the picker; None: main)."""
+    """Merge parsed arguments with the cell defaults (`%mirai use`, the picker; None: the
+    config's ``ui.default_profile``). ``auto`` lets routing pick the profile per cell."""
     defaults = defaults or CellDefaults()
-    profile = args.profile or defaults.profile
-    config.chat_profile(profile)  # an unknown name: one line listing the valid ones
+    profile = args.profile or defaults.profile_in(config)
+    check_profile(config, profile)
+    if profile == AUTO and args.model is not None:
+        raise UsageError(
+            "--model pins one model, and auto picks the profile per cell",
+            hint="name a profile (e.g. %%mirai heavy --model …) or drop --model",
+        )
     overrides = defaults.overrides_for(profile)
     for key, value in (
         ("model", args.model),
@@ -70,6 +77,26 @@ def request_from_args(
     )
 
 
+def check_profile(config: Any, name: str) -> None:
+    """``auto`` or a chat profile; else a UsageError listing both (one line)."""
+    if name == AUTO:
+        return
+    try:
+        config.chat_profile(name)
+    except UsageError as exc:
+        exc.hint = f"{exc.hint}, or auto (routing picks main, heavy or fast per cell)"
+        raise
+
+
+def send_kwargs(request: CellRequest, prepared: Any) -> dict[str, Any]:
+    """What the session's chat call gets: ``auto`` classifies the cell as typed, before
+    ``{In[n]}`` and friends are filled in (a reference to code is a signal of its own)."""
+    kwargs = prepared.send_kwargs()
+    if request.profile == AUTO:
+        kwargs["route_text"] = request.text
+    return kwargs
+
+
 def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
     """Run one request end to end; failures render as one red line and return None."""
     with span("mirai.cell", profile=request.profile, format=request.fmt), responsive():
@@ -95,7 +122,7 @@ def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[st
     view = StreamView(request.fmt, session.config.ui.stream_throttle_ms) if streaming else None
     try:
         send = session.stream_chat if view is not None else session.chat
-        sent = send(prepared.messages, prepared.profile, **prepared.send_kwargs())
+        sent = send(prepared.messages, prepared.profile, **send_kwargs(request, prepared))
         reply = consume(sent, view) if view is not None else sent
     except MiraiError as exc:
         show_error(str(exc), view.handle if view else None)

@@ -43,21 +43,33 @@ def status(magics: Any, args: Args) -> None:
 
 @subcommand("use")
 @magic_arguments()
-@argument("profile", metavar="PROFILE", help="a chat profile of the config, e.g. heavy")
+@argument("profile", metavar="PROFILE", help="a chat profile of the config (e.g. heavy), or auto")
 def use(magics: Any, args: Args) -> None:
-    """Make PROFILE the default of the next `%%mirai` cells.
+    """Make PROFILE the default of the next `%%mirai` cells; ``auto`` picks per cell.
 
     The picker's temperature and max-tokens choices are dropped with the old profile.
 
     Example::
 
         %mirai use heavy
+        %mirai use auto
     """
+    from .cell import check_profile
     from .render import show_note
 
-    profile = magics.session.config.chat_profile(args.profile)
+    config = magics.session.config
+    check_profile(config, args.profile)
     magics.defaults.use(args.profile)
-    show_note(f"default profile: {args.profile} ({profile.model})")
+    show_note(f"default profile: {args.profile} ({_use_note(config, args.profile)})")
+
+
+def _use_note(config: Any, profile: str) -> str:
+    """What `%mirai use` says about the profile: its model, or how auto decides."""
+    from ..client.routing import AUTO
+
+    if profile != AUTO:
+        return config.chat_profile(profile).model
+    return f"routing picks main, heavy or fast per cell; classifier {config.routing.classifier}"
 
 
 @subcommand("config")

@@ -96,7 +96,10 @@ class MiraiMagics(Magics):
     # the leading newline keeps the rows indented: IPython's dedent skips a first line only
     @kwds(epilog="\n" + COMMANDS.listing("line commands (`%mirai help NAME` or `%mirai NAME -h`)"))
     @argument(
-        "profile", nargs="?", default=None, help="profile name (default: main or `%%mirai use`)"
+        "profile",
+        nargs="?",
+        default=None,
+        help="profile name, or auto (routing picks main/heavy/fast); default: `%%mirai use`",
     )
     @argument("--model", default=None, help="override the profile's model")
     @argument("-t", "--temperature", type=float, default=None, help="sampling temperature")
@@ -215,7 +218,7 @@ def _parse(func: Any, line: str, config: Any) -> Any:
     except IPythonUsageError as exc:
         raise ValueError(
             f"{str(exc).strip()} — valid options: {_options(func.parser)}; profiles: "
-            f"{', '.join(config.chat_profiles())}"
+            f"{', '.join(config.chat_profiles())}, auto"
         ) from None
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import html
+from collections import Counter
 from typing import Any
 
 from IPython.display import display
 
+from ..client.routing import AUTO
 from ..quantiles import percentile
 from ..text import clip
 from .defaults import CellDefaults
@@ -17,6 +19,7 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
     records = list(session.records)
     latencies = [r.latency_ms for r in records if r.ok]
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    default = defaults.profile_in(session.config)
     rows = [
         (
             "endpoint",
@@ -24,7 +27,7 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
             if session.endpoint.offline
             else (session.endpoint.base_url or "api.openai.com"),
         ),
-        ("default profile", defaults.profile),
+        ("default profile", default),
         ("calls", str(len(records))),
         ("errors", str(sum(1 for r in records if not r.ok))),
         ("retries", str(sum(len(r.retry_reasons) for r in records))),
@@ -34,7 +37,10 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
             f"{len(session.history)} / {session.config.context.max_history_messages} messages",
         ),
     ]
+    if default == AUTO or any(r.route is not None for r in records):  # once auto is in use
+        rows.append(routing_row(records, session.config.routing.target))
     rows += profile_rows(session.config)
+    rows += answered_rows(records)
     rows += [(f"breaker {model}", state) for model, state in session.breaker_states().items()]
     rows += [(label, value) for label, value in session.extra_status()]
     return rows
@@ -45,6 +51,33 @@ def profile_rows(config: Any) -> list[tuple[str, str]]:
     return [
         (f"profile {name}", " · ".join(filter(None, [p.name, ", ".join(p.use_cases)])))
         for name, p in config.models.items()
+    ]
+
+
+def routing_row(records: list[Any], target: dict[str, float]) -> tuple[str, str]:
+    """``main 66% · heavy 28% · fast 6% (target 70/25/5) over 32 auto calls``: where this
+    session's ``auto`` calls were routed, next to ``routing.target``."""
+    goal = "target " + "/".join(f"{share:g}" for share in target.values())
+    chosen = Counter(r.route.profile for r in records if r.route is not None)
+    total = sum(chosen.values())
+    if not total:
+        return ("routing", f"no auto calls yet ({goal})")
+    names = [*target, *(name for name in chosen if name not in target)]
+    split = " · ".join(f"{name} {100 * chosen[name] / total:.0f}%" for name in names)
+    return ("routing", f"{split} ({goal}) over {total} auto call{'s' if total != 1 else ''}")
+
+
+def answered_rows(records: list[Any]) -> list[tuple[str, str]]:
+    """``answered by heavy  gpt-4o-2024-08-06 (asked gpt-4o)``: per profile, the model the API
+    last reported, when it is not the one asked for."""
+    latest: dict[str, Any] = {}
+    for record in records:
+        if record.ok and record.response_model:
+            latest[record.profile] = record
+    return [
+        (f"answered by {profile}", f"{r.response_model} (asked {r.model})")
+        for profile, r in latest.items()
+        if r.response_model != r.model
     ]
 
 

@@ -29,7 +29,10 @@ def model_picker(config: Any, defaults: CellDefaults) -> Any:
     import ipywidgets as w
 
     names = config.chat_profiles()
-    dropdown = w.Dropdown(options=names, value=defaults.profile, description="profile")
+    start = defaults.profile_in(config)  # auto is no profile to tune: the picker starts at main
+    dropdown = w.Dropdown(
+        options=names, value=start if start in names else "main", description="profile"
+    )
     slider = w.FloatSlider(min=0.0, step=0.05, description="temperature", readout_format=".2f")
     tokens = w.BoundedIntText(min=1, max=128_000, description="max tokens")
     summary = w.HTML()
