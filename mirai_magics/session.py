@@ -222,9 +222,11 @@ class Session:
             old.close()
 
     def flush_logs(self) -> None:
-        """Wait until every finished call is in the call log (it is written in the background)."""
+        """Wait until every finished call is in the call log and the JSONL log (both are
+        written in the background)."""
         for call_log in self.call_logs:
             call_log.flush()
+        self.telemetry.logs.flush()
 
     def _close_client(self) -> None:
         client, self._client = self._client, None

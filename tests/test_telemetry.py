@@ -277,6 +277,7 @@ def log_lines(caplog) -> list[dict]:
 
 
 def file_lines(session) -> list[dict]:
+    session.flush_logs()  # the file is written in the background
     path = session.telemetry.logs.path
     assert path == session.telemetry.logs.path.parent / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..background import BackgroundWorker
 from ..client.records import CallRecord
 from ..redact import DEFAULT_SECRET_NAMES, redact_all
 
@@ -94,6 +96,9 @@ class _JsonlFile(RotatingFileHandler):
             Path(self.baseFilename).write_text("", encoding="utf-8")
 
 
+BATCH_LINGER_S = 0.05
+
+
 class CallLogger:
     """Writes `call_fields` as one redacted JSON line per call, to the file and the logger."""
 
@@ -106,6 +111,11 @@ class CallLogger:
         self.secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES
         self.clock = time.time
         self._file: _JsonlFile | None = None
+        # The file is written by a background thread in batches (as the call log is): a
+        # write, a flush and a rollover check per call cost ~0.15 ms on the caller's path.
+        self._pending: list[tuple[int, str]] = []
+        self._pending_lock = threading.Lock()
+        self._worker = BackgroundWorker("mirai-jsonl-log")
 
     @property
     def path(self) -> Path | None:
@@ -150,13 +160,32 @@ class CallLogger:
         )
         line = redact_all(json.dumps(fields, ensure_ascii=False, default=str), self.secret_names)
         if to_file:
-            self.file_logger.log(level, line)
+            self._write_later(level, line)
         if to_logger:
             self.logger.log(level, line)
         return line
 
+    def _write_later(self, level: int, line: str) -> None:
+        with self._pending_lock:
+            self._pending.append((level, line))
+            if len(self._pending) > 1:
+                return  # a drain is already queued and will take this one too
+        self._worker.submit(self._drain)
+
+    def _drain(self) -> None:
+        time.sleep(BATCH_LINGER_S)  # let a burst gather (the sleep releases the GIL)
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        for level, line in batch:
+            self.file_logger.log(level, line)
+
+    def flush(self) -> None:
+        """Wait until every line logged so far is in the file."""
+        self._worker.flush()
+
     def close(self) -> None:
-        """Close the file (a later `configure` may open it again)."""
+        """Write what is pending and close the file (a later `configure` may open it again)."""
+        self.flush()
         handler, self._file = self._file, None
         if handler is not None:
             self.file_logger.removeHandler(handler)
