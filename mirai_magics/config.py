@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,30 @@ class Config(Strict):
                 )
         if "main" not in self.models:
             raise KeyPathError(("models",), "a 'main' profile is required (it is the default)")
+        self._routing_known()
         return self
+
+    def _routing_known(self) -> None:
+        """``routing`` and ``ui.default_profile`` name real profiles; rules are regexes."""
+        chat = [n for n, p in self.models.items() if p.kind != "embedding"]
+        known = f"(known: {', '.join(chat)})"
+        if self.ui.default_profile not in (*chat, "auto"):
+            raise KeyPathError(
+                ("ui", "default_profile"), f"unknown profile {self.ui.default_profile!r} {known}"
+            )
+        for name in self.routing.target:
+            if name not in chat:
+                raise KeyPathError(("routing", "target", name), f"unknown profile {known}")
+        for name, patterns in self.routing.rules.items():
+            if name not in chat:
+                raise KeyPathError(("routing", "rules", name), f"unknown profile {known}")
+            for i, pattern in enumerate(patterns):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise KeyPathError(
+                        ("routing", "rules", name, i), f"not a regular expression ({exc})"
+                    ) from None
 
     @property
     def profiles(self) -> dict[str, Profile]:

@@ -107,9 +107,10 @@ def test_config_rules_decide_first_and_bad_ones_are_one_line_errors():
     local = LocalClassifier.from_config(config)
     assert local.classify("label: Write a function") == Route("fast", "rule: ^label:")
     assert local.classify("Draft the README intro").profile == "creative"
-    with pytest.raises(ConfigError, match=r"routing.rules.heavy\[0\]: '\(' is not a regular"):
+    # refused when the config loads (with its line), not at the first auto call
+    with pytest.raises(ConfigError, match=r"routing.rules.heavy\[0\]: not a regular expression"):
         LocalClassifier.from_config(parse_config("routing: {rules: {heavy: ['(']}}"))
-    with pytest.raises(ConfigError, match=r"routing\.rules: unknown profile 'embed'"):
+    with pytest.raises(ConfigError, match=r"routing\.rules\.embed: unknown profile"):
         LocalClassifier.from_config(parse_config("routing: {rules: {embed: ['x']}}"))
 
 
@@ -338,3 +339,23 @@ def test_auto_in_a_kernel_by_config_by_name_and_by_use(tmp_path):
             assert models_sent(server) == ["gpt-3.5-turbo", "gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
             status = kernel.run("%mirai status").text
             assert "main 33% · heavy 33% · fast 33% (target 70/25/5) over 3 auto calls" in status
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "where"),
+    [
+        ("routing: {rules: {heavy: ['(unclosed']}}", "routing.rules.heavy[0]: not a regular"),
+        ("routing: {target: {hevy: 25}}", "routing.target.hevy: unknown profile"),
+        ("routing:\n  rules:\n    nope: ['x']\n", "line 3: routing.rules.nope: unknown profile"),
+        ("ui: {default_profile: embed}", "ui.default_profile: unknown profile 'embed'"),
+    ],
+)
+def test_bad_routing_settings_are_refused_when_the_config_loads(yaml_text, where):
+    from mirai_magics.config import parse_config
+    from mirai_magics.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml_text, "routing.yaml")
+    message = str(caught.value)
+    assert where in message and message.startswith("routing.yaml: line ")
+    assert "\n" not in message
