@@ -6,6 +6,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,3 +59,40 @@ class BackgroundWorker:
                 Exception
             ):  # a failed job must not end the worker; it is logged, not lost silently
                 log.exception("mirai: background job %s failed", getattr(job, "__name__", job))
+
+
+class BatchWriter:
+    """Items handed in one by one, written by a worker thread in batches.
+
+    ``add`` is all the caller pays (an append under a lock; the first item of a batch also
+    queues one drain). The drain lingers ``linger_s`` so a burst gathers, then passes the
+    whole batch to ``write`` (one transaction, one file write).
+    """
+
+    def __init__(self, name: str, write: Callable[[list[Any]], None], linger_s: float = 0.05):
+        self.write = write
+        self.linger_s = linger_s
+        self._worker = BackgroundWorker(name)
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, item: Any) -> None:
+        with self._lock:
+            self._pending.append(item)
+            if len(self._pending) > 1:
+                return  # a drain is already queued and will take this one too
+        self._worker.submit(self._drain)
+
+    def _drain(self) -> None:
+        time.sleep(self.linger_s)  # let a burst gather (the sleep releases the GIL)
+        with self._lock:
+            batch, self._pending = self._pending, []
+        self.write(batch)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every item added so far has been written."""
+        return self._worker.flush(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Write what is pending, then end the thread."""
+        self._worker.stop(timeout_s)

@@ -16,12 +16,11 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .background import BackgroundWorker
+from .background import BatchWriter
 from .calllog_rows import current_cell, new_session_id, row_values, text_key
 from .client.observers import Messages, Observer
 from .client.records import CallRecord
@@ -144,9 +143,11 @@ class CallLog(Observer):
         self._known_secrets: dict[str, None] = {}  # every secret value seen, oldest first
         self._secrets()
         self._failing = False
-        self._worker = BackgroundWorker(f"mirai-call-log-{self.path.name}")
-        self._pending: list[tuple[Any, ...]] = []
-        self._pending_lock = threading.Lock()
+        # Written by a background thread, in batches: the caller gets its answer without
+        # waiting on disk, and a burst of calls costs one transaction.
+        self._writer = BatchWriter(
+            f"mirai-call-log-{self.path.name}", self._write_logged, BATCH_LINGER_S
+        )
 
     def __repr__(self) -> str:
         kind = "cassette" if self.cassette else "call log"
@@ -155,19 +156,7 @@ class CallLog(Observer):
     def on_call(self, record: CallRecord, messages: Messages | None, text: str | None) -> None:
         if self.cassette and (record.replayed or record.kind != "chat"):
             return
-        # Written by a background thread, in batches: the caller gets its answer without
-        # waiting on disk, and a burst of calls costs one transaction.
-        with self._pending_lock:
-            self._pending.append((record, messages, text, current_cell()))
-            if len(self._pending) > 1:
-                return  # a drain is already queued and will take this one too
-        self._worker.submit(self._drain)
-
-    def _drain(self) -> None:
-        time.sleep(BATCH_LINGER_S)  # let a burst gather (the sleep releases the GIL)
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        self._write_logged(batch)
+        self._writer.add((record, messages, text, current_cell()))
 
     def _write_logged(self, batch: list[tuple[Any, ...]]) -> None:
         try:
@@ -181,7 +170,7 @@ class CallLog(Observer):
 
     def flush(self) -> None:
         """Wait until every call observed so far is on disk."""
-        self._worker.flush()
+        self._writer.flush()
 
     def write(
         self,
@@ -256,7 +245,7 @@ class CallLog(Observer):
 
     def close(self) -> None:
         """Write what is queued, then close the file; a later write reopens it."""
-        self._worker.stop()
+        self._writer.stop()
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:

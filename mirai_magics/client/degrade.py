@@ -49,26 +49,22 @@ TRIGGERS: dict[str, type[Trigger]] = {}
 ACTIONS: dict[str, type[Action]] = {}
 
 
-def trigger(name: str) -> Callable[[type[Trigger]], type[Trigger]]:
-    """Register a trigger class under its ``trigger:`` name."""
+def _registry(table: dict[str, Any]) -> Callable[[str], Callable[[type], type]]:
+    """A decorator factory: ``@deco("name")`` names the class and puts it in ``table``."""
 
-    def register(cls: type[Trigger]) -> type[Trigger]:
-        cls.name = name
-        TRIGGERS[name] = cls
-        return cls
+    def named(name: str) -> Callable[[type], type]:
+        def register(cls: type) -> type:
+            cls.name = name  # type: ignore[attr-defined]
+            table[name] = cls
+            return cls
 
-    return register
+        return register
+
+    return named
 
 
-def action(name: str) -> Callable[[type[Action]], type[Action]]:
-    """Register an action class under its ``action:`` name."""
-
-    def register(cls: type[Action]) -> type[Action]:
-        cls.name = name
-        ACTIONS[name] = cls
-        return cls
-
-    return register
+trigger = _registry(TRIGGERS)  # @trigger("rate_limit_429"): its ``trigger:`` name
+action = _registry(ACTIONS)  # @action("switch_to_fast"): its ``action:`` name
 
 
 def p95(values: Sequence[float]) -> float:

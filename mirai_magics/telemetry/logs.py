@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..background import BackgroundWorker
+from ..background import BatchWriter
 from ..client.records import CallRecord
 from ..redact import DEFAULT_SECRET_NAMES, redact_all
 
@@ -113,9 +112,7 @@ class CallLogger:
         self._file: _JsonlFile | None = None
         # The file is written by a background thread in batches (as the call log is): a
         # write, a flush and a rollover check per call cost ~0.15 ms on the caller's path.
-        self._pending: list[tuple[int, str]] = []
-        self._pending_lock = threading.Lock()
-        self._worker = BackgroundWorker("mirai-jsonl-log")
+        self._writer = BatchWriter("mirai-jsonl-log", self._write_lines, BATCH_LINGER_S)
 
     @property
     def path(self) -> Path | None:
@@ -160,28 +157,18 @@ class CallLogger:
         )
         line = redact_all(json.dumps(fields, ensure_ascii=False, default=str), self.secret_names)
         if to_file:
-            self._write_later(level, line)
+            self._writer.add((level, line))
         if to_logger:
             self.logger.log(level, line)
         return line
 
-    def _write_later(self, level: int, line: str) -> None:
-        with self._pending_lock:
-            self._pending.append((level, line))
-            if len(self._pending) > 1:
-                return  # a drain is already queued and will take this one too
-        self._worker.submit(self._drain)
-
-    def _drain(self) -> None:
-        time.sleep(BATCH_LINGER_S)  # let a burst gather (the sleep releases the GIL)
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
+    def _write_lines(self, batch: list[tuple[int, str]]) -> None:
         for level, line in batch:
             self.file_logger.log(level, line)
 
     def flush(self) -> None:
         """Wait until every line logged so far is in the file."""
-        self._worker.flush()
+        self._writer.flush()
 
     def close(self) -> None:
         """Write what is pending and close the file (a later `configure` may open it again)."""
