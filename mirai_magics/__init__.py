@@ -1,6 +1,7 @@
 """mirai_magics: production-grade LLM magics for Jupyter (`%load_ext mirai_magics`).
 
-Only the extension hooks live here; everything heavy loads on first use.
+Only the extension hooks live here, and ``batch`` (loaded on first use); everything heavy
+loads on first use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _loaded: dict[int, Any] = {}
+__all__ = ["batch", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    """``mirai_magics.batch`` loads the job machinery on first use, not at `%load_ext`."""
+    if name == "batch":
+        from .api import batch
+
+        return batch
+    raise AttributeError(f"module 'mirai_magics' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

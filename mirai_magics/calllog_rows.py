@@ -69,8 +69,8 @@ def text_key(text: Any) -> str:
 
 def current_cell() -> str | None:
     """The running notebook cell as ``[n]`` (IPython's execution count), if any."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)  # may be mid-import
+    shell = get_ipython() if get_ipython is not None else None
     inputs = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
     # In[] already holds the running cell; execution_count is bumped before or after the
     # cell runs depending on the IPython version, so it is not used.

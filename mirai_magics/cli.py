@@ -1,4 +1,4 @@
-"""The `mirai` command: demo, serve, check-config, alerts, loadtest, golden, canary-report."""
+"""The `mirai` command: demo, serve, worker, check-config, alerts, loadtest, golden, canary…"""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     for name, help_text, module in (
+        ("worker", "run queued items (queue.backend: arq) from Redis", "jobs.worker"),
         ("loadtest", "parallel multi-turn dialogs with fault injection", "loadtest"),
         ("golden", "run golden prompts and print a pass/fail table", "golden"),
         ("canary-report", "calls, errors, latency and cost per model version", "canary_report"),

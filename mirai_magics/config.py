@@ -33,8 +33,10 @@ from .schema import (
     Observability,
     Price,
     Profile,
+    Queue,
     Rag,
     RateLimitRule,
+    RedisSettings,
     Routing,
     Security,
     Strict,
@@ -61,8 +63,10 @@ __all__ = [
     "Metrics",
     "Observability",
     "Profile",
+    "Queue",
     "Rag",
     "RateLimitRule",
+    "RedisSettings",
     "Security",
     "Testing",
     "Tracing",
@@ -100,6 +104,8 @@ class Config(Strict):
     endpoint: Endpoint = Endpoint()
     ui: UI = UI()
     routing: Routing = Routing()
+    redis: RedisSettings = RedisSettings()
+    queue: Queue = Queue()
     pricing: dict[str, Price] = Field(default_factory=dict)
     _source: str = PrivateAttr("<defaults>")
 
@@ -229,6 +235,16 @@ class Config(Strict):
             REDACTED if os.environ.get(self.security.api_key_env_var) else "(not set)"
         )
         return data
+
+
+def redis_url(config: Config) -> str:
+    """The Redis of the job queue and shared limits: $MIRAI_REDIS_URL, else ``redis.url``."""
+    return os.environ.get("MIRAI_REDIS_URL", "").strip() or config.redis.url
+
+
+def job_timeout_s(config: Config) -> float:
+    """How long one queued item may run before another worker takes it over."""
+    return config.queue.job_timeout_s or config.defaults.deadline_s + 15
 
 
 def home_dir(config: Config) -> Path:

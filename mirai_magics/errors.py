@@ -116,3 +116,25 @@ def _client_hint(status: int | None) -> str:
         413: "the request is too large; shorten the prompt or use --no-history",
         422: "the request could not be processed; check the parameters",
     }.get(status or 0, "check the request parameters")
+
+
+class RedisUnavailableError(MiraiError):
+    """The Redis of the job queue or the shared limits does not answer."""
+
+    code = "redis_unavailable"
+
+    def __init__(self, url: str, reason: str, *, hint: str | None = None) -> None:
+        self.url = url
+        super().__init__(
+            f"Redis at {url} is unreachable ({reason}); nothing was sent",
+            hint=hint
+            or "start redis-server (or fix redis.url / MIRAI_REDIS_URL), or set "
+            "limits.backend: local and queue.backend: inprocess",
+        )
+
+
+class JobError(MiraiError):
+    """A background job or batch cannot be found, resumed or cancelled as asked."""
+
+    code = "job_error"
+    hint = "`%mirai jobs` lists the jobs of this notebook's store"

@@ -71,7 +71,7 @@ def check_answer(text: str, tokens_out: int | None, checks: dict[str, Any]) -> l
 
 
 def _json_failures(text: str, schema: dict[str, Any]) -> list[str]:
-    from .ui.render import parse_json
+    from .text import parse_json
 
     try:
         value = parse_json(text)

@@ -143,8 +143,30 @@ class Limits(Strict):
     tokens: TokenLimits = TokenLimits()
     rps: Rps = Rps()
     max_wait_s: float = Field(10, ge=0)
+    # local: budgets, RPS windows and breakers per process; redis: shared by every kernel
+    # and worker of ``redis.url`` (sliding windows in Lua, keys namespaced and expiring)
+    backend: Literal["local", "redis"] = "local"
+    # redis unreachable: error (one line, no call) or local (in-process limits, with a notice)
+    on_redis_down: Literal["error", "local"] = "error"
     user: str | None = None
     context_windows: dict[str, int] = {}  # model id (or prefix) → tokens, over the built-ins
+
+
+class RedisSettings(Strict):
+    """``redis``: one Redis for the job queue and the shared limits (MIRAI_REDIS_URL wins)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = Field("mirai", min_length=1)  # key prefix: mirai:rps:chat, mirai:jobs:…
+    connect_timeout_s: float = Field(2, gt=0)
+
+
+class Queue(Strict):
+    """``queue``: where `%%mirai --background` cells and ``batch()`` items run."""
+
+    backend: Literal["inprocess", "arq"] = "inprocess"  # arq: `mirai worker` processes
+    name: str = Field("mirai:queue", min_length=1)  # the Arq queue
+    job_timeout_s: float | None = Field(None, gt=0)  # None: defaults.deadline_s + 15 s
+    poll_s: float = Field(0.2, gt=0)  # how often the kernel collects Arq results
 
 
 class Breaker(Strict):

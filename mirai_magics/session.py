@@ -57,6 +57,7 @@ class Session:
         self._client_lock = threading.Lock()
         self.endpoint: Endpoint | None = None
         self._memory: Any = None
+        self._jobs: Any = None
         self._apply(config or load_config(config_path))
 
     def __repr__(self) -> str:
@@ -138,6 +139,15 @@ class Session:
             self._memory = NotebookMemory(self, metrics=self.telemetry)
         return self._memory
 
+    @property
+    def jobs(self) -> Any:
+        """Background cells and batches (``jobs.Jobs``): stored in ``jobs.sqlite``."""
+        if self._jobs is None:
+            from .jobs.manager import Jobs
+
+            self._jobs = Jobs(self)
+        return self._jobs
+
     def warm(self) -> None:
         """Do the first call's one-time work now: imports, the SDK client, the offline server
         (with one loopback request to it) and the memory files."""
@@ -199,6 +209,8 @@ class Session:
         rows.extend(self.canaries.status_rows())
         rows.extend(self.telemetry.status_rows())
         rows.extend(self.endpoint.status_rows())
+        if self._jobs is not None:
+            rows.extend(self._jobs.status_rows())
         for part in self.status_sources:
             rows.extend(part())
         rows.extend(("notice", line) for line in self.config.notices())
@@ -212,6 +224,8 @@ class Session:
         self.config_path = config_path or self.config_path
         self.memory_switch = self.memory_switch if memory is None else memory
         self._apply(config)
+        if self._jobs is not None:
+            self._jobs.reset_backend()
 
     def set_replay(self, replay: Any) -> None:
         """Answer chat calls from a recording (a ``replay.Replay``), or go live with None."""
@@ -236,6 +250,8 @@ class Session:
     def close(self) -> None:
         """Stop the engine thread and the offline server; idempotent."""
         try:
+            if self._jobs is not None:
+                self._jobs.close()
             self._close_client()
             for log in self.call_logs:
                 log.close()

@@ -132,6 +132,8 @@ class ResilientClient:
             )
         except BaseException as exc:
             self._fail(record, exc)
+            if isinstance(exc, MiraiError):
+                exc.record = record  # a background item keeps the record of its failure
             raise
         finally:
             record.latency_ms = (self.clock() - started) * 1000

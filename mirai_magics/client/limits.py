@@ -32,6 +32,7 @@ class TokenBucket:
         self.clock = clock
         self.tokens = self.capacity
         self.updated = clock()
+        self.waiting = 0  # interactive callers sleeping for their token: background yields
 
     def _refill(self) -> None:
         now = self.clock()
@@ -55,6 +56,15 @@ class TokenBucket:
             )
         self.tokens -= 1  # may go negative: later callers queue behind this one
         return wait
+
+    def take_if_free(self) -> float:
+        """Background work: take a token only when one is free now and no interactive caller
+        waits for one; else the seconds to wait before asking again (nothing taken)."""
+        self._refill()
+        if self.waiting == 0 and self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return max((1 - self.tokens) / self.rate, 0.005)
 
     def refund(self) -> None:
         """Give a token back (its caller was cancelled before sending)."""
@@ -86,8 +96,11 @@ class RollingBudget:
     The engine thread changes it; `%mirai status` reads it from the kernel thread: a lock.
     """
 
-    def __init__(self, label: str, limit: int, clock: Clock, window_s: float = WINDOW_S):
+    def __init__(
+        self, label: str, limit: int, clock: Clock, window_s: float = WINDOW_S, setting: str = ""
+    ):
         self.label = label
+        self.setting = setting  # the config key of the limit, named when a call can never fit
         self.limit = limit
         self.clock = clock
         self.window_s = window_s
@@ -118,10 +131,10 @@ class RollingBudget:
         if amount > self.limit:
             exc = QuotaExceededError(
                 f"this call needs ~{amount:,} tokens, more than the whole {self.label} budget "
-                f"of {self.limit:,} tokens/min",
+                f"of {self.limit:,} tokens/min ({self.setting})",
                 kind=self.kind,
             )
-            exc.hint = "shorten the prompt or lower --max-tokens"
+            exc.hint = f"shorten the prompt, lower --max-tokens or raise {self.setting}"
             raise exc
         used = self.used()
         if used + amount > self.limit:
@@ -155,13 +168,33 @@ class TokenBudgets:
     def __init__(self, global_per_minute: int, per_user_per_minute: int, clock: Clock):
         self.clock = clock
         self.per_user = per_user_per_minute
-        self.global_budget = RollingBudget("global", global_per_minute, clock)
+        self.global_budget = RollingBudget(
+            "global", global_per_minute, clock, setting="limits.tokens.per_minute"
+        )
         self.users: dict[str, RollingBudget] = {}
 
     def user(self, name: str) -> RollingBudget:
         if name not in self.users:
-            self.users[name] = RollingBudget(f"per-user ({name})", self.per_user, self.clock)
+            self.users[name] = RollingBudget(
+                f"per-user ({name})",
+                self.per_user,
+                self.clock,
+                setting="limits.tokens.per_user_minute",
+            )
         return self.users[name]
+
+    def fits_in(self, user: str, amount: int) -> float:
+        """Seconds until ``amount`` fits in both budgets (0: now); raises QuotaExceededError
+        only when it never will (more than a whole budget)."""
+        wait = 0.0
+        for budget in (self.user(user), self.global_budget):
+            try:
+                budget.check(amount)
+            except QuotaExceededError as exc:
+                if exc.retry_in_s is None:
+                    raise
+                wait = max(wait, exc.retry_in_s)
+        return wait
 
     def reserve(self, user: str, amount: int) -> Reservation:
         """Hold ``amount`` tokens for ``user``, or raise QuotaExceededError saying when to retry."""

@@ -117,24 +117,43 @@ class Policy:
             )
             raise exc
 
-    async def _rate_token(self, kind: str, record: CallRecord) -> None:
+    async def _rate_token(self, kind: str, record: CallRecord, background: bool) -> None:
         bucket = self.buckets[kind]
+        if background:  # never ahead of a cell: only a token free now, with no cell waiting
+            while (wait := bucket.take_if_free()) > 0:
+                await self.sleep(wait)
+            return
         try:
             wait = bucket.take(self.config.limits.max_wait_s)
         except QuotaExceededError as exc:
             raise self._rejected(record, exc) from None
         if wait <= 0:
             return
+        bucket.waiting += 1
         try:
             await self.sleep(wait)
         except asyncio.CancelledError:
             bucket.refund()
             raise
+        finally:
+            bucket.waiting -= 1
+
+    async def _budget_frees(self, record: CallRecord) -> None:
+        """Background work waits for token budget instead of failing for it; only a call
+        larger than a whole budget fails (naming the setting)."""
+        user = _budget_user(record)
+        while True:
+            try:
+                wait = self.budgets.fits_in(user, record.tokens_estimated)
+            except QuotaExceededError as exc:
+                raise self._rejected(record, exc) from None
+            if wait <= 0:
+                return
+            await self.sleep(min(max(wait, 0.05), 2.0))
 
     def _reserve(self, kind: str, record: CallRecord) -> Reservation:
-        user = record.params.get("user") or record.user or "unknown"
         try:
-            return self.budgets.reserve(user, record.tokens_estimated)
+            return self.budgets.reserve(_budget_user(record), record.tokens_estimated)
         except QuotaExceededError as exc:
             self.buckets[kind].refund()  # nothing was sent: the rate token is not used up
             raise self._rejected(record, exc) from None
@@ -163,13 +182,22 @@ class Policy:
         return rows
 
 
-class Admission:
-    """``async with policy.admit(...)``: what one request holds while it is sent."""
+def _budget_user(record: CallRecord) -> str:
+    return record.params.get("user") or record.user or "unknown"
 
-    __slots__ = ("kind", "policy", "record", "reservation", "slots")
+
+class Admission:
+    """``async with policy.admit(...)``: what one request holds while it is sent.
+
+    Background work (batch items, background cells, memory indexing) waits for budget and
+    for a rate token that no interactive call is waiting for, so a cell is served first.
+    """
+
+    __slots__ = ("background", "kind", "policy", "record", "reservation", "slots")
 
     def __init__(self, policy: Policy, kind: str, record: CallRecord, background: bool):
         self.policy, self.kind, self.record = policy, kind, record
+        self.background = background
         self.slots = policy.slots.hold(kind, background)
         self.reservation: Reservation | None = None
 
@@ -181,8 +209,17 @@ class Admission:
             raise policy._rejected(record, exc) from None
         await self.slots.__aenter__()
         try:
-            await policy._rate_token(self.kind, record)
-            self.reservation = policy._reserve(self.kind, record)
+            while True:
+                if self.background:
+                    await policy._budget_frees(record)
+                await policy._rate_token(self.kind, record, self.background)
+                try:
+                    self.reservation = policy._reserve(self.kind, record)
+                    break
+                except QuotaExceededError:
+                    if not self.background:
+                        raise
+                    policy.rejections[record.quota or "tokens"] -= 1  # a wait, not a refusal
         except BaseException:
             await self.slots.__aexit__(None, None, None)
             raise

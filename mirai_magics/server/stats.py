@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
 
 RECENT_LIMIT = 500
+ARRIVALS_LIMIT = 10_000
 
 
 class StatsSnapshot(dict):
@@ -39,6 +41,7 @@ class Stats:
             self.embedding_inputs = 0
             self.stream_requests = 0
             self.recent: deque[dict] = deque(maxlen=RECENT_LIMIT)
+            self.arrivals: deque[float] = deque(maxlen=ARRIVALS_LIMIT)  # time.time() per request
 
     def begin(self, path: str, kind: str, body: object) -> dict:
         """Count a request whose body has been read; returns its ``recent`` record."""
@@ -47,6 +50,7 @@ class Stats:
         record = {"path": path, "model": model, "status": None, "body": body}
         with self._lock:
             self.requests += 1
+            self.arrivals.append(time.time())
             self.by_path[path] += 1
             if model is not None:
                 self.by_model[model] += 1
@@ -85,4 +89,5 @@ class Stats:
                 embedding_inputs=self.embedding_inputs,
                 stream_requests=self.stream_requests,
                 recent=[dict(r) for r in self.recent],
+                arrivals=list(self.arrivals),
             )

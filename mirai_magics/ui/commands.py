@@ -223,6 +223,76 @@ def replay(magics: Any, args: Args) -> None:
     replay_command(magics.session, args.target, args.fallthrough)
 
 
+@subcommand("jobs")
+@magic_arguments()
+@argument(
+    "action",
+    nargs="?",
+    default="list",
+    choices=["list", "wait", "cancel", "result"],
+    help="list (default), wait [ID], cancel ID, result [ID]",
+)
+@argument("id", nargs="?", default=None, metavar="ID", help="a job id (default: the latest)")
+@argument("-n", "--limit", type=count, default=20, metavar="N", help="jobs listed (default 20)")
+def jobs(magics: Any, args: Args) -> Any:
+    """Background cells and batches: list, wait for, cancel, or get the result of one.
+
+    ``x = %mirai jobs result ID`` gives the result as a Python object (a batch: its list or
+    Series of results; a cell: its ItemResult).
+
+    Example::
+
+        %mirai jobs
+        %mirai jobs wait
+        answers = %mirai jobs result b1f2c3d
+    """
+    from .jobs_cmd import job_id_or_latest, job_result, jobs_table
+    from .render import show_note
+
+    session = magics.session
+    if args.action == "list":
+        return print(jobs_table(session, args.limit))
+    if args.action == "cancel" and not args.id:
+        from ..errors import UsageError
+
+        raise UsageError("jobs cancel needs a job id", hint="`%mirai jobs` lists them")
+    job_id = job_id_or_latest(session, args.id)
+    if args.action == "wait":
+        row = session.jobs.wait(job_id)
+        return show_note(
+            f"job {job_id}: {row.state}, {row.settled}/{row.total} done, {row.failed} failed"
+        )
+    if args.action == "cancel":
+        row = session.jobs.cancel(job_id)
+        return show_note(f"job {job_id}: {row.state} ({row.settled}/{row.total} had finished)")
+    return job_result(session, job_id)
+
+
+@subcommand("batch")
+@magic_arguments()
+@argument("target", metavar="VAR|resume", help="a list or Series variable, or resume")
+@argument("id", nargs="?", default=None, metavar="ID", help="with resume: the batch's job id")
+@argument("-p", "--profile", default=None, help="profile (default: the cells' default)")
+@argument("-t", "--template", default=None, help="prompt template over {item} / {item.field}")
+@argument("-f", "--format", default="text", choices=["text", "json", "markdown", "code"])
+@argument("--max-tokens", type=int, default=None, dest="max_tokens", help="output cap per item")
+@argument("--out", default=None, help="also store the results in this variable")
+def batch_command(magics: Any, args: Args) -> Any:
+    """One prompt per item of VAR in the background, with a progress bar; the results.
+
+    ``%mirai batch resume ID`` finishes a batch's unfinished items (after a restart) and
+    waits, like ``batch()``.
+
+    Example::
+
+        answers = %mirai batch cities -t "One fact about {item}" -p main
+        %mirai batch resume b1f2c3d
+    """
+    from .jobs_cmd import run_batch_command
+
+    return run_batch_command(magics, args)
+
+
 @subcommand("help")
 @magic_arguments()
 @argument("names", nargs="*", metavar="SUBCOMMAND", help="e.g. log, or memory search")

@@ -115,6 +115,12 @@ class MiraiMagics(Magics):
     @argument("--no-stream", dest="stream", action="store_false", help="show the answer once")
     @argument("--out", default=None, help="store the answer text in this variable")
     @argument("--no-interp", action="store_true", help="send {braces} literally")
+    @argument(
+        "--background",
+        "--bg",
+        action="store_true",
+        help="return at once; the answer appears here when done (`%%mirai jobs`)",
+    )
     @line_cell_magic
     def mirai(self, line: str, cell: str | None = None) -> Any:
         """Ask an LLM from a cell: `%%mirai [PROFILE] [options]`, the cell body is the prompt.
@@ -141,17 +147,23 @@ class MiraiMagics(Magics):
             from .cell import request_from_args, run_cell
 
             request = request_from_args(args, cell, self.session.config, self.defaults)
+            if args.background:
+                from .jobs_cmd import start_background
+
+                start_background(request, self.session, self.namespace())
+                return None
         except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
             return _fail(exc)
         run_cell(request, self.session, self.shell, self.namespace())
         return None  # the reply is in `_mirai`; returning it would add an Out[] entry
 
-    def _line(self, line: str) -> None:
-        """`%mirai NAME ARGS…` through the subcommand table (commands.py); no words: help."""
+    def _line(self, line: str) -> Any:
+        """`%mirai NAME ARGS…` through the subcommand table (commands.py); no words: help.
+        What a command returns is the magic's value (``x = %mirai jobs result ID``)."""
         try:
-            COMMANDS.run(self, shlex.split(line) or ["help"])
+            return COMMANDS.run(self, shlex.split(line) or ["help"])
         except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
-            _fail(exc)
+            return _fail(exc)
 
     # --- hooks and lifecycle ---------------------------------------------------------
 

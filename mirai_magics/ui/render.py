@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from IPython.display import display
 
+from ..text import extract_code, parse_json
 from .badges import badge_html, badge_text, error_html, error_text
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+__all__ = ["Rendered", "extract_code", "parse_json", "render_answer", "show_badge", "show_error"]
 
 
 @dataclass
@@ -21,21 +21,6 @@ class Rendered:
     flags: list[str]
     data: Any = None
     error: str | None = None
-
-
-def extract_code(text: str) -> str | None:
-    """The fenced code blocks of an answer joined, or None when there is none."""
-    blocks = [body.rstrip() for _lang, body in _FENCE.findall(text)]
-    blocks = [b for b in blocks if b.strip()]
-    return "\n\n".join(blocks) if blocks else None
-
-
-def parse_json(text: str) -> Any:
-    """Parse an answer as JSON, tolerating one surrounding code fence."""
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = extract_code(stripped) or stripped
-    return json.loads(stripped)
 
 
 def answer_bundle(text: str, fmt: str) -> dict[str, str]:

@@ -1,0 +1,208 @@
+"""Background cells (`%%mirai --bg`), `%mirai jobs …` and `%mirai batch …`.
+
+A background cell shows one line at once (job id, profile, queued) in a display it keeps;
+when the job ends, the answer and its badge replace that line in the same output area,
+even while other cells run. The history gets the answer when it completes, in completion
+order, and the badge says so.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from ..errors import JobError, UsageError
+from ..jobs.items import ItemResult, payload
+from ..text import clip
+from .badges import error_html, error_text
+from .render import answer_bundle
+
+STATE_MARK = {"queued": "…", "running": "…", "done": "✓", "failed": "✗", "cancelled": "⊘"}
+
+
+def start_background(request: Any, session: Any, namespace: dict[str, Any]) -> str:
+    """Queue one cell; its display updates when the answer arrives. Returns the job id."""
+    from IPython.display import display
+
+    from .interpolate import interpolate
+
+    text = request.text
+    if request.interp:
+        result = interpolate(text, namespace)
+        text = result.text
+        if result.undefined:
+            request.flags.append("undefined: " + ", ".join(f"{{{u}}}" for u in result.undefined))
+    prepared = session.prepare(text, request)
+    request.flags.extend(prepared.flags)
+    item = payload(
+        prepared.messages,
+        prepared.profile,
+        request.fmt,
+        dict(prepared.overrides),
+        prepared.prompt_tokens,
+    )
+    options = {"format": request.fmt, "out": request.out}
+    live = session.jobs.submit(
+        "cell", prepared.profile, [item], label=clip(text, 60), options=options
+    )
+    line = f"job {live.id} · {prepared.profile} · queued (background)"
+    answer = display(_line_bundle(line), raw=True, display_id=True)
+    badge = display({"text/plain": ""}, raw=True, display_id=True)
+    flags = list(request.flags)
+
+    def done(index: int, result: ItemResult) -> None:
+        _show_background(
+            session, answer, badge, live.id, request, prepared, result, flags, namespace
+        )
+
+    live.on_result.append(done)
+    live.on_done.append(lambda job: _ended_without_result(job, answer))
+    return live.id
+
+
+def _show_background(
+    session: Any,
+    answer: Any,
+    badge: Any,
+    job_id: str,
+    request: Any,
+    prepared: Any,
+    result: ItemResult,
+    flags: list[str],
+    namespace: dict[str, Any],
+) -> None:
+    """The answer in the cell's own output area (notifier thread)."""
+    from .badges import badge_html, badge_text
+
+    if not result.ok:
+        answer.update(_error_bundle(result.error or "failed"), raw=True)
+    else:
+        bundle = answer_bundle(result.text, request.fmt)
+        if request.fmt == "json" and result.data is not None:
+            import json
+
+            bundle = {
+                "application/json": result.data,
+                "text/plain": json.dumps(result.data, indent=2, ensure_ascii=False),
+            }
+        answer.update(bundle, raw=True)
+        flags = [*flags, f"background {job_id}"]
+        if prepared.keep_history:
+            session.history.append_turn(prepared.user_text, result.text)
+            flags.append("history: appended on completion")
+        if request.fmt == "code":
+            flags.append("code not inserted (background): %mirai jobs result " + job_id)
+        if request.out:
+            namespace[request.out] = result.value
+    if result.record is not None:
+        badge.update(
+            {
+                "text/html": badge_html(result.record, flags, session.config.pricing),
+                "text/plain": badge_text(result.record, flags, session.config.pricing),
+            },
+            raw=True,
+        )
+
+
+def _ended_without_result(job: Any, answer: Any) -> None:
+    if job.done + job.failed == 0 and job.already == 0:
+        reason = job.error or ("cancelled" if job.error is None else job.error)
+        answer.update(_error_bundle(f"job {job.id}: {reason}"), raw=True)
+
+
+def _line_bundle(line: str) -> dict[str, str]:
+    return {
+        "text/plain": line,
+        "text/html": f'<span style="opacity:.75;font-family:monospace">{html.escape(line)}</span>',
+    }
+
+
+def _error_bundle(message: str) -> dict[str, str]:
+    return {"text/html": error_html(message), "text/plain": error_text(message)}
+
+
+# --- %mirai jobs ------------------------------------------------------------------------
+
+
+def jobs_table(session: Any, limit: int = 20) -> str:
+    """id, state, profile, age, items, attempts, tokens — newest first."""
+    rows = session.jobs.rows(limit)
+    if not rows:
+        return "no jobs yet — `%%mirai --bg` or mirai_magics.batch(...) start one"
+    now = time.time()
+    head = ("id", "state", "kind", "profile", "age", "items", "attempts", "tokens in/out")
+    lines = ["{:<8} {:<12} {:<5} {:<8} {:>6} {:>9} {:>8} {:>14}  prompt".format(*head)]
+    for r in rows:
+        state = "interrupted" if r.orphaned else r.state
+        items = f"{r.settled}/{r.total}" + (f" ✗{r.failed}" if r.failed else "")
+        tokens = f"{r.tokens_in:,}/{r.tokens_out:,}"
+        lines.append(
+            f"{r.id:<8} {state:<12} {r.kind:<5} {r.profile:<8} {_age(now - r.created):>6} "
+            f"{items:>9} {r.attempts:>8} {tokens:>14}  {clip(r.label, 40)}"
+        )
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def job_id_or_latest(session: Any, job_id: str | None, kind: str | None = None) -> str:
+    if job_id:
+        return job_id
+    row = session.jobs.store.latest(kind)
+    if row is None:
+        raise JobError("there are no jobs yet")
+    return row.id
+
+
+def job_result(session: Any, job_id: str) -> Any:
+    """A cell job: its ItemResult; a batch: its results (list or Series)."""
+    from ..api import shaped
+
+    row = session.jobs.store.job(job_id)
+    results = session.jobs.results(job_id)
+    if row.kind == "cell":
+        return results[0]
+    return shaped(session, results, job_id)
+
+
+def run_batch_command(magics: Any, args: Any) -> Any:
+    """`%mirai batch VAR …` or `%mirai batch resume ID`."""
+    from ..api import batch, collect, shaped
+
+    session = magics.session
+    if args.target == "resume":
+        if not args.id:
+            raise UsageError("batch resume needs a job id", hint="`%mirai jobs` lists them")
+        row = session.jobs.store.job(args.id)
+        if row.kind != "batch":
+            raise JobError(f"job {args.id} is a {row.kind}, not a batch")
+        if not session.jobs.store.pending(args.id):
+            return shaped(session, session.jobs.results(args.id), args.id)
+        session.jobs.resume(args.id)
+        return collect(session, args.id)
+    if args.id:
+        raise UsageError(f"unexpected {args.id!r}", hint="%mirai batch VAR -t 'template {item}'")
+    namespace = magics.shell.user_ns
+    if args.target not in namespace:
+        raise UsageError(
+            f"no variable {args.target!r} in the notebook",
+            hint="%mirai batch VAR: VAR names a list or pandas Series defined earlier",
+        )
+    return batch(
+        namespace[args.target],
+        profile=args.profile or magics.defaults.profile_in(session.config),
+        template=args.template,
+        format=args.format,
+        out=args.out,
+        max_tokens=args.max_tokens,
+        session=session,
+    )
