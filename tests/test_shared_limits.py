@@ -321,6 +321,22 @@ def test_redis_down_is_one_line_without_the_password(redis_server, ns):  # noqa:
         assert "During handling" not in shown and f"{os.sep}redis{os.sep}" not in shown
 
 
+def test_breaker_counts_locally_while_redis_is_down(redis_server, ns):  # noqa: F811
+    async def body():
+        breaker = shared(redis_server.url, ns).breaker("m")
+        redis_server.stop()
+        for _ in range(2):
+            breaker.failure(probe=False)
+        await asyncio.sleep(0.3)
+        before = breaker.current_state()
+        breaker.failure(probe=False)
+        await until(lambda: breaker.current_state() is State.OPEN)
+        await breaker.shared.close()
+        return before
+
+    assert run(body) is State.CLOSED  # the threshold (3) still holds
+
+
 def test_safe_url_strips_credentials():
     assert safe_url("redis://u:pw@h:1/0?password=pw") == "redis://h:1/0"
     assert safe_url("rediss://:pw@[::1]:6380/2") == "rediss://[::1]:6380/2"

@@ -108,7 +108,7 @@ local id = string.match(ARGV[1], '^(.*):%d+$')
 for _, key in ipairs(KEYS) do
   if redis.call('ZREM', key, 'r:' .. ARGV[1]) == 1 and tonumber(ARGV[2]) > 0 then
     redis.call('ZADD', key, now, 's:' .. id .. ':' .. ARGV[2])
-    redis.call('PEXPIRE', key, ARGV[3], 'GT')
+    if redis.call('PTTL', key) < tonumber(ARGV[3]) then redis.call('PEXPIRE', key, ARGV[3]) end
   end
 end
 """
@@ -199,7 +199,6 @@ class SharedLimits:
         self._breakers: dict[str, SharedCircuitBreaker] = {}
         self._watcher: asyncio.Task | None = None
         self._pushes: set[asyncio.Task] = set()
-        self.redis_down = False  # the last command failed: breakers count failures locally
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
@@ -220,7 +219,6 @@ class SharedLimits:
                     self.url, socket_connect_timeout=timeout, socket_timeout=timeout
                 )
             except (ImportError, ValueError) as exc:
-                self.redis_down = True
                 raise RedisUnavailableError(self.safe_url, self._reason(exc)) from None
             self._loop = loop
             self._scripts = {n: self._client.register_script(s) for n, s in SCRIPTS.items()}
@@ -241,9 +239,7 @@ class SharedLimits:
         try:
             yield
         except _redis_errors() as exc:
-            self.redis_down = True
             raise RedisUnavailableError(self.safe_url, self._reason(exc)) from None
-        self.redis_down = False
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         with self._unavailable():
@@ -258,8 +254,7 @@ class SharedLimits:
         """Stop the breaker watcher, flush pending breaker updates, close the connections."""
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
+            await asyncio.wait({self._watcher}, timeout=self.connect_timeout_s)
             self._watcher = None
         if self._pushes:
             await asyncio.wait(self._pushes, timeout=self.connect_timeout_s)
@@ -363,15 +358,16 @@ class SharedLimits:
             self._breakers[model] = SharedCircuitBreaker(model, self, clock)
         return self._breakers[model]
 
-    def _push(self, update: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``update`` as a fire-and-forget task on the running loop (none: skip it)."""
+    def _push(self, update: Callable[[], Awaitable[Any]]) -> bool:
+        """Run ``update`` as a fire-and-forget task on the running loop; False: no loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return False
         task = loop.create_task(update())
         self._pushes.add(task)
         task.add_done_callback(self._pushed)
+        return True
 
     def _pushed(self, task: asyncio.Task) -> None:
         self._pushes.discard(task)
@@ -410,10 +406,11 @@ class SharedCircuitBreaker(CircuitBreaker):
     pushed as a fire-and-forget task. Consecutive failures of every process add up in one
     counter (a success anywhere resets it); the process whose failure reaches the threshold
     opens when Redis replies (one round trip later), the others when their watcher next reads
-    the open key (every 0.2 s): at most ~0.2 s plus a round trip after it opened. Half-open
-    probing stays per process: each admits its own probe once the shared open time has run
-    out, and a failed probe reopens it everywhere. While Redis is down (the last command
-    failed) failures are counted locally: it behaves like a local breaker.
+    the open key (every 0.2 s, from their first breaker call on): at most ~0.2 s plus a round
+    trip after it opened. Half-open probing stays per process: each admits its own probe
+    once the shared open time has run out, and a failed probe reopens it everywhere. A count
+    untouched for ``timeout_s`` is forgotten. A failure Redis cannot take is counted in this
+    process, so with Redis down it behaves like a local breaker.
     """
 
     def __init__(self, model: str, shared: SharedLimits, clock: Callable[[], float]):
@@ -461,14 +458,16 @@ class SharedCircuitBreaker(CircuitBreaker):
         self.shared._push(self._reset)
 
     def failure(self, probe: bool) -> None:
-        """Count a failure in Redis (the reply opens it); locally while Redis is down."""
+        """Count a failure in Redis (its reply may open the breaker); a probe's reopens it."""
         self._sync()
-        if probe or self.shared.redis_down:
+        if probe:
             super().failure(probe)
+            return
         with self._lock:
-            counts = not probe and self.state is State.CLOSED
-        if counts:
-            self.shared._push(self._count)
+            closed = self.state is State.CLOSED
+        # not closed: a straggler that started before the breaker opened
+        if closed and not self.shared._push(self._count):
+            super().failure(False)  # no loop to reach Redis from: counted here only
 
     def _open(self, seconds: float) -> None:
         super()._open(seconds)
@@ -481,7 +480,13 @@ class SharedCircuitBreaker(CircuitBreaker):
     async def _count(self) -> None:
         settings = self.settings
         ms = [math.ceil(settings.timeout_s * 1000)] * 2
-        open_ms = await self.shared._script("fail", self.keys, [settings.failure_threshold, *ms])
+        try:
+            open_ms = await self.shared._script(
+                "fail", self.keys, [settings.failure_threshold, *ms]
+            )
+        except RedisUnavailableError:
+            super().failure(False)  # counted in this process only
+            raise
         if open_ms > 0:
             self.seen(open_ms)
             self._sync()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..client.shared_limits import safe_url
@@ -32,6 +32,7 @@ with contextlib.suppress(ImportError):  # without arq, ArqBackend() says what to
         result_key_prefix,
     )
 
+RESUME = "finished items are stored; `%mirai batch resume ID` runs the rest once Redis answers"
 FUNCTION = "mirai_item"  # the worker's function (``worker.mirai_item``)
 ENQUEUE_AT_ONCE = 32  # concurrent enqueues (connections): 2000 items in ~30 round trips
 MGET_CHUNK = 1000  # keys per MGET: a 10k-item batch is still one round trip, in 20 commands
@@ -69,7 +70,7 @@ class ArqBackend:
         """Queue every item not queued yet, then hand over each result as it appears."""
         payloads = {self.arq_id(job_id, i): p for i, p in items}
         waiting = {self.arq_id(job_id, i): i for i, _ in items}
-        with self._unavailable():
+        async with self._unavailable():
             redis = await self._pool()
             await self._enqueue(redis, payloads, await self._known(redis, list(payloads)))
             while waiting:
@@ -89,23 +90,25 @@ class ArqBackend:
         A worker that picks an item up in the same instant still runs it (its answer is
         dropped: the item is already cancelled in the store). Redis down: nothing to do.
         """
-        with contextlib.suppress(RedisUnavailableError), self._unavailable():
-            redis = await self._pool()
-            match = _glob_escape(f"{self.namespace}:{job_id}:") + "*"
-            ids = [i.decode() async for i, _ in redis.zscan_iter(self.queue, match=match)]
-            if not ids:
-                return
-            running = await self._exists(redis, [in_progress_key_prefix + i for i in ids])
-            queued = [i for i, busy in zip(ids, running, strict=True) if not busy]
-            async with redis.pipeline(transaction=True) as pipe:
-                if queued:
-                    pipe.zrem(self.queue, *queued)
-                    pipe.delete(*(job_key_prefix + i for i in queued))
-                now_ms = int(time.time() * 1000)
-                busy = {i: now_ms for i, b in zip(ids, running, strict=True) if b}
-                if busy:  # workers run with allow_abort_jobs: they cancel these tasks
-                    pipe.zadd(abort_jobs_ss, busy)
-                await self._io(pipe.execute())
+        with contextlib.suppress(RedisUnavailableError):
+            async with self._unavailable():
+                redis = await self._pool()
+                match = _glob_escape(f"{self.namespace}:{job_id}:") + "*"
+                ids = [i.decode() async for i, _ in redis.zscan_iter(self.queue, match=match)]
+                if ids:
+                    await self._drop(redis, ids)
+
+    async def _drop(self, redis: Any, ids: list[str]) -> None:
+        running = await self._exists(redis, [in_progress_key_prefix + i for i in ids])
+        queued = [i for i, busy in zip(ids, running, strict=True) if not busy]
+        busy = {i: int(time.time() * 1000) for i, b in zip(ids, running, strict=True) if b}
+        async with redis.pipeline(transaction=True) as pipe:
+            if queued:
+                pipe.zrem(self.queue, *queued)
+                pipe.delete(*(job_key_prefix + i for i in queued))
+            if busy:  # workers run with allow_abort_jobs: they cancel these tasks
+                pipe.zadd(abort_jobs_ss, busy)
+            await self._io(pipe.execute())
 
     async def close(self) -> None:
         redis, self._redis = self._redis, None
@@ -133,13 +136,13 @@ class ArqBackend:
         """One round trip, bounded: a Redis that accepts but never answers is down too."""
         return await asyncio.wait_for(awaitable, self.timeout_s)
 
-    @contextlib.contextmanager
-    def _unavailable(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _unavailable(self) -> AsyncIterator[None]:
         try:
             yield
         except _redis_errors() as exc:
-            self._redis = None  # the next run connects afresh (and pings)
-            raise RedisUnavailableError(self.safe_url, self._reason(exc)) from None
+            await self.close()  # the next run connects afresh (and pings)
+            raise RedisUnavailableError(self.safe_url, self._reason(exc), hint=RESUME) from None
 
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, asyncio.TimeoutError) or "Timeout" in type(exc).__name__:

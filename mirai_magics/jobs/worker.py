@@ -40,6 +40,24 @@ def timeouts(job_timeout: float) -> tuple[float, float]:
     return job_timeout - margin, job_timeout
 
 
+class SayLost:
+    """A redis-py backoff (``compute``, ``reset``) that logs, once a minute, that Redis is gone."""
+
+    def __init__(self, backoff: Any, url: str):
+        self.backoff, self.url, self.said = backoff, url, -3600.0
+
+    def reset(self) -> None:
+        self.backoff.reset()
+
+    def compute(self, failures: int) -> float:
+        if failures == 1 and time.monotonic() - self.said > 60:
+            from ..client.shared_limits import safe_url
+
+            self.said = time.monotonic()
+            log.warning("Redis at %s lost; reconnecting", safe_url(self.url))
+        return self.backoff.compute(failures)
+
+
 async def mirai_item(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
     """One queued item (an Arq job): its result dict; a failed call is a result too."""
     started = time.monotonic()
@@ -91,15 +109,25 @@ def redis_settings(config: Config, *, reconnect: bool) -> Any:
     settings = RedisSettings.from_dsn(redis_url(config))
     settings.conn_timeout = config.redis.connect_timeout_s  # type: ignore[assignment]
     if reconnect:
-        settings.retry = Retry(ExponentialBackoff(cap=RECONNECT_CAP_S, base=0.1), -1)
+        backoff = ExponentialBackoff(cap=RECONNECT_CAP_S, base=0.1)
+        settings.retry = Retry(SayLost(backoff, redis_url(config)), -1)
         settings.retry_on_error = [ConnectionError, TimeoutError, OSError]
     else:
         settings.conn_retries = 0
     return settings
 
 
-def build_worker(config: Config, *, burst: bool = False, concurrency: int | None = None) -> Any:
-    """The Arq Worker of ``config`` (not started)."""
+def with_concurrency(config: Config, n: int) -> Config:
+    """``config`` running ``n`` background items at once (the policy caps them too)."""
+    caps = config.limits.concurrency
+    caps = caps.model_copy(update={"background": n, "chat": max(caps.chat, n)})
+    return config.model_copy(
+        update={"limits": config.limits.model_copy(update={"concurrency": caps})}
+    )
+
+
+def build_worker(config: Config, *, burst: bool = False) -> Any:
+    """The Arq Worker of ``config`` (not started): ``limits.concurrency.background`` at once."""
     from arq import func
     from arq.worker import Worker
 
@@ -111,7 +139,7 @@ def build_worker(config: Config, *, burst: bool = False, concurrency: int | None
         on_startup=_startup,
         on_shutdown=_shutdown,
         burst=burst,
-        max_jobs=concurrency or config.limits.concurrency.background,
+        max_jobs=config.limits.concurrency.background,
         job_timeout=run_s,
         keep_result=KEEP_RESULT_S,
         max_tries=MAX_TRIES,
@@ -150,8 +178,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="YAML file layered over the defaults")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     parser.add_argument(
-        "--concurrency", type=int, metavar="N", help="items at once (limits.concurrency.background)"
+        "--concurrency",
+        type=_positive,
+        metavar="N",
+        help="items at once (default: limits.concurrency.background)",
     )
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
     from ..client.shared_limits import safe_url
 
     config = load_config(args.config)
+    if args.concurrency is not None:
+        config = with_concurrency(config, args.concurrency)
     # warnings of every library; info only ours (Arq's job lines would show the prompts)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
@@ -169,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     except RedisUnavailableError as exc:
         print(f"mirai worker: {exc}", file=sys.stderr)
         return 2
-    worker = build_worker(config, burst=args.burst, concurrency=args.concurrency)
+    worker = build_worker(config, burst=args.burst)
     print(
         f"mirai worker: queue {config.queue.name} on {safe_url(redis_url(config))}, "
         f"concurrency {worker.max_jobs}, job timeout {job_timeout_s(config):g} s",

@@ -10,7 +10,7 @@ import traceback
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 from traitlets import Bool, Unicode, observe
 
@@ -121,6 +121,7 @@ class MiraiMagics(Magics):
         action="store_true",
         help="return at once; the answer appears here when done (`%%mirai jobs`)",
     )
+    @no_var_expand  # `%mirai batch xs -t "{item}"`: braces are ours, not IPython's
     @line_cell_magic
     def mirai(self, line: str, cell: str | None = None) -> Any:
         """Ask an LLM from a cell: `%%mirai [PROFILE] [options]`, the cell body is the prompt.
