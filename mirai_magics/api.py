@@ -24,12 +24,9 @@ _lock = threading.Lock()
 def current_session() -> Any:
     """The loaded extension's session in IPython, else this process's own Session."""
     global _default
-    try:
-        from IPython import get_ipython
+    from IPython import get_ipython
 
-        shell = get_ipython()
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        shell = None
+    shell = get_ipython()
     magics = shell.magics_manager.registry.get("MiraiMagics") if shell is not None else None
     if magics is not None:  # `%load_ext mirai_magics` ran: the notebook's own session
         return magics.session
@@ -138,12 +135,9 @@ def shaped(session: Any, results: Results, job_id: str) -> Any:
         labels = index if isinstance(index, list) else None
         value = pd.Series(list(results), index=labels, dtype=object)
     if out:
-        try:
-            from IPython import get_ipython
+        from IPython import get_ipython
 
-            shell = get_ipython()
-        except ImportError:  # pragma: no cover
-            shell = None
+        shell = get_ipython()
         if shell is not None:
             shell.user_ns[out] = value
     return value

@@ -26,6 +26,11 @@ def extract_code(text: str) -> str | None:
     return "\n\n".join(blocks) if blocks else None
 
 
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """One line on why an answer is not JSON."""
+    return f"invalid JSON from the model: {exc.msg} (line {exc.lineno})"
+
+
 def parse_json(text: str) -> Any:
     """Parse an answer as JSON, tolerating one surrounding code fence."""
     stripped = text.strip()

@@ -99,6 +99,8 @@ def test_items_wait_for_token_budget_instead_of_failing(make_session, sleeps):
     results = batch([f"item {i}" for i in range(12)], session=session)
     assert all(r.ok for r in results), [r.error for r in results.failed]
     assert sum(sleeps.calls) >= 60, "12 items of ~100 tokens in a 600/min budget must wait"
+    assert all(r.record.quota is None for r in results)  # a wait is not a refusal …
+    assert not +session.policy.rejections  # … and is not counted as one
     big = batch(["word " * 900], session=session)[0]
     assert big.error_code == "quota_exceeded" and "limits.tokens.per_user_minute" in big.error
 

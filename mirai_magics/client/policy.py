@@ -151,11 +151,15 @@ class Policy:
                 return
             await self.sleep(min(max(wait, 0.05), 2.0))
 
-    def _reserve(self, kind: str, record: CallRecord) -> Reservation:
+    def _reserve(self, kind: str, record: CallRecord, background: bool) -> Reservation | None:
+        """Hold the call's tokens; None when background work must wait for budget (another
+        call took it since ``_budget_frees``: not a refusal, so not counted as one)."""
         try:
             return self.budgets.reserve(_budget_user(record), record.tokens_estimated)
         except QuotaExceededError as exc:
             self.buckets[kind].refund()  # nothing was sent: the rate token is not used up
+            if background and exc.retry_in_s is not None:
+                return None
             raise self._rejected(record, exc) from None
 
     def _rejected(self, record: CallRecord, exc: QuotaExceededError) -> QuotaExceededError:
@@ -209,17 +213,11 @@ class Admission:
             raise policy._rejected(record, exc) from None
         await self.slots.__aenter__()
         try:
-            while True:
+            while self.reservation is None:
                 if self.background:
                     await policy._budget_frees(record)
                 await policy._rate_token(self.kind, record, self.background)
-                try:
-                    self.reservation = policy._reserve(self.kind, record)
-                    break
-                except QuotaExceededError:
-                    if not self.background:
-                        raise
-                    policy.rejections[record.quota or "tokens"] -= 1  # a wait, not a refusal
+                self.reservation = policy._reserve(self.kind, record, self.background)
         except BaseException:
             await self.slots.__aexit__(None, None, None)
             raise

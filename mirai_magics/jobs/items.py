@@ -15,7 +15,7 @@ from typing import Any
 
 from ..client.records import CallRecord, Degradation, Route
 from ..errors import MiraiError
-from ..text import clip, parse_json
+from ..text import clip, json_problem, parse_json
 
 RECORD_FIELDS = (
     "id",
@@ -110,7 +110,7 @@ def finish(text: str, fmt: str, record: CallRecord | None) -> dict[str, Any]:
         try:
             result["data"] = parse_json(text)
         except json.JSONDecodeError as exc:
-            result["error"] = f"invalid JSON from the model: {exc.msg} (line {exc.lineno})"
+            result["error"] = json_problem(exc)
             result["error_code"] = "invalid_json"
     return result
 
@@ -118,15 +118,7 @@ def finish(text: str, fmt: str, record: CallRecord | None) -> dict[str, Any]:
 def record_dict(record: CallRecord) -> dict[str, Any]:
     """The part of a CallRecord worth keeping with a result (JSON-safe)."""
     out = {name: getattr(record, name) for name in RECORD_FIELDS}
-    out["degradations"] = [
-        {
-            "rule": d.rule,
-            "detail": d.detail,
-            "from_profile": d.from_profile,
-            "to_profile": d.to_profile,
-        }
-        for d in record.degradations
-    ]
+    out["degradations"] = [asdict(d) for d in record.degradations]
     if record.route is not None:
         out["route"] = asdict(record.route)
     return out

@@ -10,6 +10,7 @@ died after sending) cannot store a second answer. Prompts are stored redacted.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items(job, state);
 """
-OWNER = f"{__import__('os').getpid()}:{secrets.token_hex(4)}"  # this process, this import
+OWNER = f"{os.getpid()}:{secrets.token_hex(4)}"  # this process, this import
 FINISHED = ("done", "failed", "cancelled")
 
 

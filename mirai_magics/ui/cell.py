@@ -103,13 +103,19 @@ def run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str
         return _run_cell(request, session, shell, namespace)
 
 
+def interpolated(request: CellRequest, namespace: dict[str, Any]) -> str:
+    """The cell's text with `{…}` filled in (unless --no-interp); undefined names go on the
+    badge."""
+    if not request.interp:
+        return request.text
+    result = interpolate(request.text, namespace)
+    if result.undefined:
+        request.flags.append("undefined: " + ", ".join(f"{{{u}}}" for u in result.undefined))
+    return result.text
+
+
 def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[str, Any]) -> Any:
-    text = request.text
-    if request.interp:
-        result = interpolate(text, namespace)
-        text = result.text
-        if result.undefined:
-            request.flags.append("undefined: " + ", ".join(f"{{{u}}}" for u in result.undefined))
+    text = interpolated(request, namespace)
     try:
         prepared = session.prepare(text, request)
     except MiraiError as exc:

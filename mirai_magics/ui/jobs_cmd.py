@@ -25,14 +25,9 @@ def start_background(request: Any, session: Any, namespace: dict[str, Any]) -> s
     """Queue one cell; its display updates when the answer arrives. Returns the job id."""
     from IPython.display import display
 
-    from .interpolate import interpolate
+    from .cell import interpolated
 
-    text = request.text
-    if request.interp:
-        result = interpolate(text, namespace)
-        text = result.text
-        if result.undefined:
-            request.flags.append("undefined: " + ", ".join(f"{{{u}}}" for u in result.undefined))
+    text = interpolated(request, namespace)
     prepared = session.prepare(text, request)
     request.flags.extend(prepared.flags)
     item = payload(
@@ -78,15 +73,7 @@ def _show_background(
     if not result.ok:
         answer.update(_error_bundle(result.error or "failed"), raw=True)
     else:
-        bundle = answer_bundle(result.text, request.fmt)
-        if request.fmt == "json" and result.data is not None:
-            import json
-
-            bundle = {
-                "application/json": result.data,
-                "text/plain": json.dumps(result.data, indent=2, ensure_ascii=False),
-            }
-        answer.update(bundle, raw=True)
+        answer.update(answer_bundle(result.text, request.fmt, result.data), raw=True)
         flags = [*flags, f"background {job_id}"]
         if prepared.keep_history:
             session.history.append_turn(prepared.user_text, result.text)

@@ -8,7 +8,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..text import extract_code, parse_json
+from ..text import extract_code, json_problem, parse_json
 from .badges import badge_html, badge_text, error_html, error_text
 
 __all__ = ["Rendered", "extract_code", "parse_json", "render_answer", "show_badge", "show_error"]
@@ -23,8 +23,14 @@ class Rendered:
     error: str | None = None
 
 
-def answer_bundle(text: str, fmt: str) -> dict[str, str]:
-    """MIME bundle for the answer text (markdown rendered, other formats as plain text)."""
+def answer_bundle(text: str, fmt: str, data: Any = None) -> dict[str, Any]:
+    """MIME bundle for the answer (markdown rendered; JSON as data when parsed, ``data``;
+    other formats as plain text)."""
+    if fmt == "json" and data is not None:
+        return {
+            "application/json": data,
+            "text/plain": json.dumps(data, indent=2, ensure_ascii=False),
+        }
     if fmt in ("markdown", "code"):  # code answers show their fences rendered
         return {"text/markdown": text, "text/plain": text}
     return {"text/plain": text}
@@ -33,18 +39,13 @@ def answer_bundle(text: str, fmt: str) -> dict[str, str]:
 def render_answer(text: str, fmt: str, shell: Any, handle: Any = None) -> Rendered:
     """Show the final answer (in ``handle`` when streaming) and apply the format's effect."""
     rendered = Rendered(flags=[])
-    bundle = answer_bundle(text, fmt)
     if fmt == "json":
         try:
             rendered.data = parse_json(text)
-            bundle = {
-                "application/json": rendered.data,
-                "text/plain": json.dumps(rendered.data, indent=2, ensure_ascii=False),
-            }
         except json.JSONDecodeError as exc:
-            rendered.error = f"invalid JSON from the model: {exc.msg} (line {exc.lineno})"
+            rendered.error = json_problem(exc)
             rendered.flags.append("invalid JSON")
-    _show(bundle, handle)
+    _show(answer_bundle(text, fmt, rendered.data), handle)
     if fmt == "code":
         code = extract_code(text)
         if code is None:
