@@ -24,11 +24,17 @@ One run, everything on 127.0.0.1, a fake key, MIRAI_HOME in a temp dir, no metri
     prompts. Else ``arq=skipped reason=…``; ``--arq-force`` runs it anyway with each worker's
     local limits and says so. Every process started here is stopped, also on error.
 
+(d) interactive first: ``--cells`` (20) interactive calls (what a ``%%mirai`` cell sends:
+    ``session.chat``, history and memory off) one after another on an idle session, then the
+    same while a ``--busy-n`` (500) item ``batch(wait=False)`` saturates the 50/s ceiling of
+    that session; p50/p95 of each and the busy/idle ratio of p50 (same faults in both).
+
 Peak rates are the most requests the server received in any sliding one-second window
 (its per-request arrival times; retries included).
 
     python benchmarks/bench_batch.py [--n 2000] [--concurrency 24] [--latency-ms 100]
         [--gather-concurrency 16] [--arq-n 500] [--arq-workers 2] [--arq-force] [--seed 7]
+        [--cells 20] [--busy-n 500]
 """
 
 from __future__ import annotations
@@ -279,6 +285,48 @@ def run_gather(server: OfflineServer, messages: list[list[dict[str, Any]]], widt
     )
 
 
+# --- (d) a cell's latency while a batch runs ---------------------------------------------
+
+
+def cell_latencies(session: Session, n: int, tag: str) -> list[float]:
+    """Seconds per interactive call, one after another."""
+    spent = []
+    for i in range(n):
+        started = time.perf_counter()
+        session.chat([{"role": "user", "content": f"{tag} cell {i}"}])
+        spent.append(time.perf_counter() - started)
+    return spent
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_interactive(server: OfflineServer, args: argparse.Namespace) -> None:
+    config = parse_config(config_text(server.url, args.concurrency), "<bench_batch cells>")
+    with Session(config) as session:
+        _ = session.client
+        idle = cell_latencies(session, args.cells, "idle")
+        job_id = batch(prompts_of(args.busy_n), session=session, wait=False)
+        live = session.jobs.live.get(job_id)
+        while live is not None and live.done < 2 * RPS_LIMIT:  # the ceiling is reached
+            time.sleep(0.05)
+        busy = cell_latencies(session, args.cells, "busy")
+        done_meanwhile = live.done if live is not None else -1
+        session.jobs.cancel(job_id)
+    sys.stderr.write("\n")
+    ratio = quantile(busy, 0.5) / quantile(idle, 0.5)
+    print(
+        f"cell_idle_p50_ms={quantile(idle, 0.5) * 1000:.0f} "
+        f"cell_idle_p95_ms={quantile(idle, 0.95) * 1000:.0f} "
+        f"cell_busy_p50_ms={quantile(busy, 0.5) * 1000:.0f} "
+        f"cell_busy_p95_ms={quantile(busy, 0.95) * 1000:.0f} "
+        f"cell_busy_over_idle_p50={ratio:.2f} (cells={args.cells}, a {args.busy_n}-item batch "
+        f"running: {done_meanwhile} items done by the last cell)"
+    )
+
+
 # --- (c) Arq: redis-server and `mirai worker`s -------------------------------------------
 
 
@@ -455,6 +503,8 @@ def main() -> None:
         help="run the Arq part even when limits.backend: redis is not wired (local limits)",
     )
     parser.add_argument("--seed", type=int, default=7, help="the fault sequence's seed")
+    parser.add_argument("--cells", type=int, default=20, help="interactive calls per phase (d)")
+    parser.add_argument("--busy-n", type=int, default=500, help="items of the batch in (d)")
     args = parser.parse_args()
     for name in ("MIRAI_BASE_URL", "OPENAI_BASE_URL", "MIRAI_CONFIG", "MIRAI_REDIS_URL"):
         os.environ.pop(name, None)  # the config below says where calls and Redis go
@@ -478,6 +528,8 @@ def main() -> None:
         with OfflineServer(faults=faults, seed=args.seed).start() as server:
             messages = run_batch(server, args)
             run_gather(server, messages, args.gather_concurrency)
+            if args.cells > 0:
+                run_interactive(server, args)
             if args.arq_n > 0:
                 run_arq(server, args, Path(home))
     print(f"total_seconds={time.perf_counter() - started:.1f}")

@@ -1,7 +1,7 @@
 """mirai_magics: production-grade LLM magics for Jupyter (`%load_ext mirai_magics`).
 
-Only the extension hooks live here, and ``batch`` (loaded on first use); everything heavy
-loads on first use.
+Only the extension hooks live here, and ``batch`` and ``sandbox`` (loaded on first use);
+everything heavy loads on first use.
 """
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ from typing import Any
 __version__ = "0.1.0"
 
 _loaded: dict[int, Any] = {}
-__all__ = ["batch", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["batch", "load_ipython_extension", "sandbox", "unload_ipython_extension"]
 
 
 def __getattr__(name: str) -> Any:
-    """``mirai_magics.batch`` loads the job machinery on first use, not at `%load_ext`."""
+    """``mirai_magics.batch`` and ``mirai_magics.sandbox`` load on first use, not at
+    `%load_ext`."""
     if name == "batch":
         from .api import batch
 
         return batch
+    if name == "sandbox":  # `from . import sandbox` would ask this hook again
+        import importlib
+
+        return importlib.import_module(f"{__name__}.sandbox")
     raise AttributeError(f"module 'mirai_magics' has no attribute {name!r}")
 
 
@@ -50,5 +55,6 @@ def unload_ipython_extension(ipython: Any) -> None:
         ipython.events.unregister("post_run_cell", magics.start_warm_up)
     for kind in ("line", "cell"):
         ipython.magics_manager.magics[kind].pop("mirai", None)
+    ipython.magics_manager.magics["cell"].pop("mirai_sandbox", None)
     ipython.magics_manager.registry.pop(type(magics).__name__, None)
     magics.close()

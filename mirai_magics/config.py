@@ -221,10 +221,11 @@ class Config(Strict):
             out.append(
                 f"observability.tracing.provider: {tracing.provider!r}; OpenTelemetry is used"
             )
-        if self.security.sandbox.enabled:
+        sandbox = self.security.sandbox
+        if sandbox.enabled and sandbox.executor == "docker":
             out.append(
-                "security.sandbox: parsed; mirai runs no generated code itself yet "
-                "(--format code puts it into the next cell for you to read and run)"
+                "security.sandbox.executor: docker when a daemon answers, else bubblewrap "
+                "(bwrap); generated code runs only there, when asked (`%mirai run`, --run)"
             )
         return out
 

@@ -123,10 +123,12 @@ class RedisUnavailableError(MiraiError):
 
     code = "redis_unavailable"
 
-    def __init__(self, url: str, reason: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, url: str, reason: str, *, hint: str | None = None, effect: str = "nothing was sent"
+    ) -> None:
         self.url = url
         super().__init__(
-            f"Redis at {url} is unreachable ({reason}); nothing was sent",
+            f"Redis at {url} is unreachable ({reason}); {effect}",
             hint=hint
             or "start redis-server (or fix redis.url / MIRAI_REDIS_URL), or set "
             "limits.backend: local and queue.backend: inprocess",
@@ -138,3 +140,26 @@ class JobError(MiraiError):
 
     code = "job_error"
     hint = "`%mirai jobs` lists the jobs of this notebook's store"
+
+
+SANDBOX_INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`) or start a Docker daemon"
+
+
+class SandboxError(MiraiError):
+    """The sandbox could not run the code (it failed to start, or its helper broke)."""
+
+    code = "sandbox_error"
+    hint = "nothing ran in the kernel; check `security.sandbox` in the config"
+
+
+class SandboxUnavailableError(SandboxError):
+    """Neither executor can run here; mirai never falls back to running code unsandboxed."""
+
+    code = "sandbox_unavailable"
+    hint = SANDBOX_INSTALL_HINT
+
+
+class SandboxRefusedError(SandboxError):
+    """The run asks for something the configuration does not allow (network, a bad file)."""
+
+    code = "sandbox_refused"

@@ -144,7 +144,7 @@ class Limits(Strict):
     rps: Rps = Rps()
     max_wait_s: float = Field(10, ge=0)
     # local: budgets, RPS windows and breakers per process; redis: shared by every kernel
-    # and worker of ``redis.url`` (sliding windows in Lua, keys namespaced and expiring)
+    # and worker of ``redis.url`` (evenly spaced sends in Lua, keys namespaced and expiring)
     backend: Literal["local", "redis"] = "local"
     # redis unreachable: error (one line, no call) or local (in-process limits, with a notice)
     on_redis_down: Literal["error", "local"] = "error"
@@ -329,8 +329,20 @@ class Observability(Strict):
 
 
 class Sandbox(Strict):
+    """``security.sandbox``: where generated code runs (docker when a daemon answers, else
+    bubblewrap) and what it may use; never in the kernel."""
+
     enabled: bool = True
     executor: Literal["docker", "bwrap"] = "docker"
+    timeout_s: float = Field(30, gt=0)  # wall clock; CPU seconds are capped a second above
+    memory_mb: int = Field(1024, ge=16)  # address space (bwrap) / cgroup memory (docker)
+    max_processes: int = Field(64, ge=1)  # at once, the code itself included
+    max_output_bytes: int = Field(1_048_576, ge=1024)  # stdout + stderr kept; then killed
+    disk_mb: int = Field(64, ge=1)  # work dir and /tmp (tmpfs); also the largest file
+    allow_network: bool = False  # --net / network=True is refused unless true
+    image: str = Field("python:3.12-slim", min_length=1)  # docker only; never pulled
+    cpus: float = Field(1.0, gt=0)  # docker only (--cpus)
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []  # passed in
 
 
 class Security(Strict):
@@ -340,6 +352,24 @@ class Security(Strict):
     rotation_interval_days: float = Field(90, gt=0)
     sandbox: Sandbox = Sandbox()
     redact_env_names: list[str] = ["KEY", "TOKEN", "SECRET", "PASSWORD"]
+
+    @model_validator(mode="after")
+    def _no_secret_into_sandbox(self) -> Security:
+        for i, name in enumerate(self.sandbox.env):
+            why = secret_name_reason(name, self.redact_env_names, self.api_key_env_var)
+            if why:
+                raise ValueError(
+                    f"sandbox.env[{i}]: {name} {why}; secrets are never passed to the sandbox"
+                )
+        return self
+
+
+def secret_name_reason(name: str, redact_parts: list[str] | tuple[str, ...], key_var: str) -> str:
+    """Why an environment variable counts as a secret ("" when it does not)."""
+    if name == key_var:
+        return "is the API key variable"
+    part = next((p for p in redact_parts if p.upper() in name.upper()), None)
+    return f"matches redact_env_names ({part})" if part else ""
 
 
 class Endpoint(Strict):

@@ -79,6 +79,7 @@ class Session:
         self.history.max_messages = config.context.max_history_messages
         if self.policy is None or quota_settings(old) != quota_settings(config):
             kwargs = {k: v for k, v in (("clock", self._clock), ("sleep", self._sleep)) if v}
+            self._close_policy()
             self.policy = Policy(config, **kwargs)
         else:  # a reload with the same limits keeps budgets, buckets and rule state
             self.policy.config = config
@@ -206,6 +207,8 @@ class Session:
     def extra_status(self) -> list[tuple[str, str]]:
         """Status rows of the quota policy, telemetry and memory, and the config's notices."""
         rows: list[tuple[str, str]] = self.policy.status_rows()
+        if self.policy.shared is not None:
+            rows.extend(self.engine.run(self.policy.shared_rows(self.user)))
         rows.extend(self.canaries.status_rows())
         rows.extend(self.telemetry.status_rows())
         rows.extend(self.endpoint.status_rows())
@@ -247,12 +250,18 @@ class Session:
         if client is not None and self.engine.running:
             self.engine.run(client.sdk.close())
 
+    def _close_policy(self) -> None:
+        """Close the Redis connections of a policy about to be replaced (or of the session)."""
+        if self.policy is not None and self.policy.shared is not None and self.engine.running:
+            self.engine.run(self.policy.aclose())
+
     def close(self) -> None:
         """Stop the engine thread and the offline server; idempotent."""
         try:
             if self._jobs is not None:
                 self._jobs.close()
             self._close_client()
+            self._close_policy()
             for log in self.call_logs:
                 log.close()
             if self.replay is not None:

@@ -22,6 +22,13 @@ def server():
         yield srv
 
 
+def display_and_view(message: dict) -> tuple[str, str]:
+    """A display message's display id and the Output widget (model id) it shows."""
+    content = message["content"]
+    view = content["data"]["application/vnd.jupyter.widget-view+json"]
+    return content["transient"]["display_id"], view["model_id"]
+
+
 def test_background_cell_answers_into_its_own_display(server, tmp_path):
     env = server_kernel_env(server.url, tmp_path, CONFIG, KEY)
     with Kernel(tmp_path, env) as k:
@@ -30,14 +37,20 @@ def test_background_cell_answers_into_its_own_display(server, tmp_path):
         first = k.run("%%mirai --bg --out later\nfirst question")
         line = first.text.strip().splitlines()[0]
         job_id = re.fullmatch(r"job (c[0-9a-f]{6}) · main · queued \(background\)", line).group(1)
-        ids = [m["content"]["transient"]["display_id"] for m in first.of_type("display_data")]
-        assert len(ids) == 2  # the answer's and the badge's displays, updated later
+        views = dict(display_and_view(m) for m in first.of_type("display_data"))
+        assert len(views) == 2  # the answer's and the badge's displays, updated later
         waited = k.run("%mirai jobs wait")  # the update arrives while this cell runs
         updates = waited.of_type("update_display_data")
-        assert {m["content"]["transient"]["display_id"] for m in updates} == set(ids)
+        # both displays updated, each keeping its Output widget's view (without it, JupyterLab
+        # would swap the widget for the text/html fallback)
+        assert dict(display_and_view(m) for m in updates) == views
         shown = "\n".join(m["content"]["data"]["text/plain"] for m in updates)
         assert "You said: first question" in shown
         assert f"background {job_id}" in shown and "history: appended on completion" in shown
+        # the same answer reaches the widgets by comm, which JupyterLab takes at any time
+        states = [m["content"] for m in waited.of_type("comm_msg")]
+        widgets = "\n".join(str(c["data"]) for c in states if c["comm_id"] in views.values())
+        assert "You said: first question" in widgets and "mirai-badge" in widgets
         assert f"job {job_id}: done, 1/1 done, 0 failed" in waited.text
         server.set_faults(latency_ms=0)
         k.run("%%mirai\nsecond question")  # sent with the background turn in its history

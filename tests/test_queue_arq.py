@@ -110,7 +110,8 @@ class Cluster:
 
     def submit(self, session: Session, n: int, tag: str):
         prompts = [[{"role": "user", "content": f"{tag} item {i}"}] for i in range(n)]
-        return session.jobs.submit("batch", "main", [payload(p, "main") for p in prompts])
+        items = [payload(p, "main", user=session.user) for p in prompts]
+        return session.jobs.submit("batch", "main", items)
 
     def requests_for(self, tag: str) -> Counter:
         """How often the server was asked each prompt of ``tag`` (chat requests)."""
@@ -283,7 +284,6 @@ def test_worker_without_redis_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs limits.backend: redis wiring")
 def test_shared_rps_limit_across_workers_and_kernel(make_cluster):
     limit = 8
     cluster = make_cluster(f"limits: {{backend: redis, rps: {{chat: {limit}}}}}\n")
@@ -297,10 +297,40 @@ def test_shared_rps_limit_across_workers_and_kernel(make_cluster):
     cells.start()
     row = session.jobs.wait(live.id, timeout_s=30)
     cells.join(timeout=30)
-    assert (row.state, row.done) == ("done", 40)
+    errors = [r["error"] for r in session.jobs.store.results(live.id) if r and r["error"]]
+    assert (row.state, row.done) == ("done", 40), errors
     arrivals = sorted(cluster.server.stats_snapshot().arrivals)
     assert len(arrivals) >= 48
     bins = Counter(int(t - arrivals[0]) for t in arrivals)
     assert max(bins.values()) <= limit, sorted(bins.items())
     window = max(sum(1 for u in arrivals if t <= u < t + 1.0) for t in arrivals)
     assert window <= limit
+
+
+def test_worker_items_spend_the_submitting_users_budget(make_cluster, monkeypatch):
+    cluster = make_cluster("limits: {backend: redis}\n")
+    monkeypatch.setenv("MIRAI_USER", "bob-worker")
+    cluster.start_workers(1)
+    monkeypatch.setenv("MIRAI_USER", "alice")
+    session = cluster.session()
+    live = cluster.submit(session, 4, "u")
+    row = session.jobs.wait(live.id, timeout_s=30)
+    assert (row.state, row.done, row.failed) == ("done", 4, 0)
+    redis = cluster.redis_client()
+    assert redis.exists(f"{cluster.ns}:tokens:user:alice")
+    assert not redis.exists(f"{cluster.ns}:tokens:user:bob-worker")
+    assert {r["record"]["user"] for r in session.jobs.store.results(live.id)} == {"alice"}
+
+
+def test_cancel_from_another_kernel_drops_the_queued_items(make_cluster):
+    cluster = make_cluster()
+    first = cluster.session()
+    live = cluster.submit(first, 5, "x")  # no worker runs: the items wait in the queue
+    redis = cluster.redis_client()
+    wait_until(lambda: redis.zcard(f"{cluster.ns}:queue") == 5, 10, "the items queued")
+    first.close()
+    second = cluster.session()
+    row = second.jobs.cancel(live.id)
+    assert row.state == "cancelled"
+    assert redis.zcard(f"{cluster.ns}:queue") == 0
+    assert cluster.requests_for("x") == {}

@@ -17,7 +17,7 @@ import redis
 from redisutil import redis_server, shared_redis_server  # noqa: F401  (fixtures)
 
 from mirai_magics.client.breaker import State
-from mirai_magics.client.shared_limits import SharedLimits, rate_window, safe_url
+from mirai_magics.client.shared_limits import SharedLimits, emission_us, safe_url
 from mirai_magics.config import Breaker, Limits
 from mirai_magics.errors import CircuitOpenError, QuotaExceededError, RedisUnavailableError
 
@@ -105,7 +105,7 @@ def test_two_processes_and_this_one_never_exceed_the_rate_in_any_second(shared_r
     assert len(every) >= 0.8 * RPS * (stop_at - start_at)
 
 
-def test_schedule_spaces_sends_one_window_apart_with_no_extra_burst(shared_redis_server, ns):  # noqa: F811
+def test_schedule_spaces_sends_evenly_with_no_burst(shared_redis_server, ns):  # noqa: F811
     async def body():
         limiter = shared(shared_redis_server.url, ns, chat=3)
         waits = [(await limiter.rate("chat", None))[0] for _ in range(7)]
@@ -113,48 +113,48 @@ def test_schedule_spaces_sends_one_window_apart_with_no_extra_burst(shared_redis
         return waits
 
     waits = run(body)
-    assert waits[:3] == [0, 0, 0]
-    assert waits[3:6] == [pytest.approx(1.05, abs=0.01)] * 3
-    assert waits[6] == pytest.approx(2.10, abs=0.01)
+    assert waits[0] == 0  # then one every (1 s + 100 ms guard) / 3, booked ones first
+    assert waits[1:] == [pytest.approx(1.1 / 3 * i, abs=0.01) for i in range(1, 7)]
 
 
-def test_rate_refused_over_max_wait_schedules_nothing(shared_redis_server, ns, inspect):  # noqa: F811
+def test_rate_refused_over_max_wait_books_nothing(shared_redis_server, ns, inspect):  # noqa: F811
     async def body():
         limiter = shared(shared_redis_server.url, ns, chat=2)
         await limiter.rate("chat", 0)
-        await limiter.rate("chat", 0)
+        await limiter.rate("chat", 0.6)
+        booked = inspect.get(f"{ns}:rps:chat")
         with pytest.raises(QuotaExceededError) as info:
             await limiter.rate("chat", 0.5)
-        held = inspect.zcard(f"{ns}:rps:chat")
+        unchanged = inspect.get(f"{ns}:rps:chat") == booked
         wait, _ = await limiter.rate("chat", None)
         await limiter.close()
-        return info.value, held, wait
+        return info.value, unchanged, wait
 
-    refused, held, wait = run(body)
-    assert refused.kind == "rate" and refused.retry_in_s == pytest.approx(1.05, abs=0.01)
+    refused, unchanged, wait = run(body)
+    assert refused.kind == "rate" and refused.retry_in_s == pytest.approx(1.1, abs=0.01)
     assert "limits.max_wait_s = 0.5" in str(refused)
-    assert held == 2
-    assert wait == pytest.approx(1.05, abs=0.01)  # not 2.1: the refused call took no slot
+    assert unchanged
+    assert wait == pytest.approx(1.1, abs=0.01)  # not 1.65: the refused call took no slot
 
 
-def test_refund_frees_the_slot(shared_redis_server, ns, inspect):  # noqa: F811
+def test_refund_gives_the_last_slot_back(shared_redis_server, ns):  # noqa: F811
     async def body():
         limiter = shared(shared_redis_server.url, ns, chat=2)
         await limiter.rate("chat", None)
-        _, member = await limiter.rate("chat", None)
+        first, member = await limiter.rate("chat", None)
         await limiter.refund("chat", member)
-        wait, _ = await limiter.rate("chat", 0)
+        again, _ = await limiter.rate("chat", None)
         await limiter.close()
-        return wait
+        return first, again
 
-    assert run(body) == 0
-    assert inspect.zcard(f"{ns}:rps:chat") == 2
+    first, again = run(body)
+    assert again == pytest.approx(first, abs=0.01) and first == pytest.approx(0.55, abs=0.01)
 
 
-def test_rate_window_for_fractional_rates():
-    assert rate_window(10, 0.05) == (10, 1050)
-    assert rate_window(2.5, 0.05) == (2, 1050)  # never more than 2.5 in any second
-    assert rate_window(0.5, 0.05) == (1, 2050)  # one send per two seconds
+def test_emission_interval_for_fractional_rates():
+    assert emission_us(10, 0.05) == 105_000
+    assert emission_us(2.5, 0.05) == 525_000  # 2 per second: never more than 2.5 in any second
+    assert emission_us(0.5, 0.05) == 2_050_000  # one send per two seconds
 
 
 # --- token budgets ---------------------------------------------------------------------

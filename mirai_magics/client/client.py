@@ -90,8 +90,13 @@ class ResilientClient:
         self._router: Router | None = None  # built on the first `auto` call
 
     def breaker(self, model: str) -> CircuitBreaker:
+        """The breaker of ``model``; the policy's (shared through Redis in redis mode)."""
         if model not in self.breakers:
-            self.breakers[model] = CircuitBreaker(model, self.config.circuit_breaker, self.clock)
+            self.breakers[model] = (
+                self.policy.breaker(model, self.clock)
+                if self.policy is not None
+                else CircuitBreaker(model, self.config.circuit_breaker, self.clock)
+            )
         return self.breakers[model]
 
     # --- public API ------------------------------------------------------------
@@ -107,6 +112,7 @@ class ResilientClient:
         background: bool = False,
         prompt_tokens: int | None = None,
         route_text: str | None = None,
+        on_behalf_of: str | None = None,
         **overrides: Any,
     ) -> Reply:
         """One chat call with retries and fallback; raises a MiraiError on failure.
@@ -115,7 +121,8 @@ class ResilientClient:
         assembly counts once; the client counts only when it is not given). Profile ``auto``
         is resolved first (see ``routing``) from ``route_text`` (the cell as typed; default:
         the last user message); the chosen profile is then the one asked for, so fallback and
-        degradation apply to it as to any other.
+        degradation apply to it as to any other. ``on_behalf_of``: the user whose budget and
+        call-log rows this is (a worker sending a kernel's item); default: this client's.
         """
         started = self.clock()
         route = None
@@ -123,7 +130,7 @@ class ResilientClient:
             route = await self.router.route(_user_text(messages, route_text), self.chat)
             profile = route.profile
         record = CallRecord(profile=profile, model="", requested_profile=profile, streamed=stream)
-        record.user, record.route = self.user, route
+        record.user, record.route = on_behalf_of or self.user, route
         text: str | None = None
         estimate = prompt_tokens if prompt_tokens is not None else count_messages(messages)[0]
         try:
@@ -163,8 +170,8 @@ class ResilientClient:
 
         try:
             self.breaker(prof.model).check()
-            async with self._admitted("embeddings", record, background):
-                vectors = await self._retrying(record, prof, deadline, attempt)
+            async with self._admitted("embeddings", record, background) as gate:
+                vectors = await self._retrying(record, prof, deadline, attempt, gate)
         except BaseException as exc:
             self._fail(record, exc)
             raise
@@ -211,7 +218,7 @@ class ResilientClient:
                     return replayed
             try:
                 self.breaker(params["model"]).check()  # open: refuse before taking any quota
-                async with self._admitted("chat", record, background):
+                async with self._admitted("chat", record, background) as gate:
                     return await self._retrying(
                         record,
                         prof,
@@ -219,6 +226,7 @@ class ResilientClient:
                         lambda timeout, p=params: self._chat_once(
                             record, p, messages, timeout, shown
                         ),
+                        gate,
                     )
             except (CircuitOpenError, RetriesExhaustedError) as exc:
                 reason = fallback_reason(exc)
@@ -252,7 +260,9 @@ class ResilientClient:
         prof: Profile,
         deadline: float,
         send: Callable[[float], Awaitable[Any]],
+        gate: Any = None,
     ) -> Any:
+        """Attempts of one profile under tenacity; ``gate`` (the admission) paces retries."""
         d = self.config.defaults
         outcome_of = _Outcomes(d.retry_after_cap_s)
         attempts = self.config.attempts_for(prof)
@@ -268,13 +278,18 @@ class ResilientClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    last = attempt.retry_state.attempt_number >= attempts
+                    number = attempt.retry_state.attempt_number
+                    if number > 1 and gate is not None:
+                        await gate.again()
+                    last = number >= attempts
                     return await self._attempt(record, prof, deadline, send, outcome_of, last)
         except MiraiError:
             raise
         except Exception as exc:
             if self._key_rotated(outcome_of(exc), record):  # once more, with the new key
-                return await self._retrying(record, prof, deadline, send)
+                if gate is not None:
+                    await gate.again()
+                return await self._retrying(record, prof, deadline, send, gate)
             raise as_mirai_error(outcome_of(exc), exc, record) from None
 
     def _key_rotated(self, outcome: Outcome, record: CallRecord) -> bool:

@@ -15,15 +15,23 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Config
-from ..errors import QuotaExceededError
+from ..config import Config, redis_url
+from ..errors import QuotaExceededError, RedisUnavailableError
 from ..tokens import context_window
+from .admission import Admission
+from .breaker import CircuitBreaker
 from .degrade import Rule, build_rules
 from .limits import ConcurrencyCaps, Reservation, TokenBucket, TokenBudgets
 from .observers import Observer
 from .records import CallRecord, Degradation
+
+if TYPE_CHECKING:
+    from .shared_limits import SharedLimits
+
+REDIS_DOWN = "redis_down"  # the degradation of calls admitted by local limits, Redis down
+REDIS_RETRY_S = 5.0  # with on_redis_down: local, how long before Redis is asked again
 
 
 class Policy:
@@ -48,6 +56,9 @@ class Policy:
         self.slots = ConcurrencyCaps(limits.concurrency)
         self.rules: list[Rule] = build_rules(config.degradation, clock)
         self.rejections: Counter[str] = Counter()
+        self.shared = _shared_limits(config) if limits.backend == "redis" else None
+        self.redis_retry_at = float("-inf")
+        self.redis_problem = ""  # why Redis was last unreachable (status)
 
     # --- degradation ----------------------------------------------------------------
 
@@ -141,7 +152,7 @@ class Policy:
     async def _budget_frees(self, record: CallRecord) -> None:
         """Background work waits for token budget instead of failing for it; only a call
         larger than a whole budget fails (naming the setting)."""
-        user = _budget_user(record)
+        user = self.budget_user(record)
         while True:
             try:
                 wait = self.budgets.fits_in(user, record.tokens_estimated)
@@ -155,7 +166,7 @@ class Policy:
         """Hold the call's tokens; None when background work must wait for budget (another
         call took it since ``_budget_frees``: not a refusal, so not counted as one)."""
         try:
-            return self.budgets.reserve(_budget_user(record), record.tokens_estimated)
+            return self.budgets.reserve(self.budget_user(record), record.tokens_estimated)
         except QuotaExceededError as exc:
             self.buckets[kind].refund()  # nothing was sent: the rate token is not used up
             if background and exc.retry_in_s is not None:
@@ -167,17 +178,71 @@ class Policy:
         record.quota = exc.kind
         return exc
 
+    @staticmethod
+    def budget_user(record: CallRecord) -> str:
+        return record.params.get("user") or record.user or "unknown"
+
+    # --- shared limits (limits.backend: redis) -----------------------------------------
+
+    def shared_for(self, record: CallRecord) -> SharedLimits | None:
+        """The Redis limits to admit ``record`` by; None: local (the backend, or Redis
+        down with on_redis_down: local, which the record's degradations then say)."""
+        if self.shared is None:
+            return None
+        if self.clock() >= self.redis_retry_at:
+            return self.shared
+        record.degrade(Degradation(REDIS_DOWN, "local limits"))
+        return None
+
+    def redis_down(self, exc: RedisUnavailableError, record: CallRecord) -> None:
+        """Redis failed mid-admission: raise, or (on_redis_down: local) go local for a while."""
+        self.redis_problem = str(exc)
+        if self.config.limits.on_redis_down == "error":
+            raise exc
+        self.redis_retry_at = self.clock() + REDIS_RETRY_S
+        record.degrade(Degradation(REDIS_DOWN, "local limits"))
+
+    def breaker(self, model: str, clock: Callable[[], float]) -> CircuitBreaker:
+        """The breaker of ``model``: shared through Redis in redis mode, else this process's."""
+        if self.shared is not None:
+            return self.shared.breaker(model, clock)
+        return CircuitBreaker(model, self.config.circuit_breaker, clock)
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (on the loop that used them)."""
+        if self.shared is not None:
+            await self.shared.close()
+
+    async def shared_rows(self, user: str) -> list[tuple[str, str]]:
+        """Status rows read from Redis: the shared minute's tokens, or why Redis is down."""
+        shared = self.shared
+        if shared is None:
+            return []
+        where = f"redis {shared.safe_url} · namespace {shared.namespace}"
+        try:
+            used_global, used_user = await shared.used(user)
+        except RedisUnavailableError as exc:
+            return [("limits", f"{where} · unreachable: {exc}")]
+        tokens = self.config.limits.tokens
+        return [
+            ("limits", where),
+            ("tokens this minute (shared, global)", f"{used_global:,} / {tokens.per_minute:,}"),
+            (f"tokens this minute (shared, {user})", f"{used_user:,} / {tokens.per_user_minute:,}"),
+        ]
+
     # --- status -----------------------------------------------------------------------
 
     def status_rows(self, user: str | None = None) -> list[tuple[str, str]]:
-        """Rows for `%mirai status`: budgets, rates, slots, degradations, rejections."""
-        g = self.budgets.global_budget
-        rows = [("tokens this minute (global)", f"{g.used():,} / {g.limit:,}")]
-        for name, budget in sorted(self.budgets.users.items()):
-            if user is None or name == user:
-                rows.append(
-                    (f"tokens this minute ({name})", f"{budget.used():,} / {budget.limit:,}")
-                )
+        """Rows for `%mirai status`: budgets, rates, slots, degradations, rejections (the
+        shared budgets of redis mode come from ``shared_rows``)."""
+        rows = []
+        if self.shared is None:
+            g = self.budgets.global_budget
+            rows.append(("tokens this minute (global)", f"{g.used():,} / {g.limit:,}"))
+            for name, budget in sorted(self.budgets.users.items()):
+                if user is None or name == user:
+                    used = f"{budget.used():,} / {budget.limit:,}"
+                    rows.append((f"tokens this minute ({name})", used))
         caps, busy = self.slots.caps, self.slots.in_flight
         rows.append(("in flight", " · ".join(f"{k} {busy[k]}/{caps[k]}" for k in caps)))
         rows.append(("degradations active", ", ".join(self.active()) or "none"))
@@ -186,51 +251,21 @@ class Policy:
         return rows
 
 
-def _budget_user(record: CallRecord) -> str:
-    return record.params.get("user") or record.user or "unknown"
+def quota_settings(config: Config | None) -> tuple[Any, ...]:
+    """What a Policy is built from: a reload that changes none keeps the Policy's state."""
+    if config is None:
+        return (None,)
+    shared = (redis_url(config), config.redis) if config.limits.backend == "redis" else None
+    return config.limits, config.degradation, config.circuit_breaker, shared
 
 
-class Admission:
-    """``async with policy.admit(...)``: what one request holds while it is sent.
+def _shared_limits(config: Config) -> SharedLimits:
+    from .shared_limits import SharedLimits
 
-    Background work (batch items, background cells, memory indexing) waits for budget and
-    for a rate token that no interactive call is waiting for, so a cell is served first.
-    """
-
-    __slots__ = ("background", "kind", "policy", "record", "reservation", "slots")
-
-    def __init__(self, policy: Policy, kind: str, record: CallRecord, background: bool):
-        self.policy, self.kind, self.record = policy, kind, record
-        self.background = background
-        self.slots = policy.slots.hold(kind, background)
-        self.reservation: Reservation | None = None
-
-    async def __aenter__(self) -> None:
-        policy, record = self.policy, self.record
-        try:
-            policy._check_request(self.kind, record)
-        except QuotaExceededError as exc:
-            raise policy._rejected(record, exc) from None
-        await self.slots.__aenter__()
-        try:
-            while self.reservation is None:
-                if self.background:
-                    await policy._budget_frees(record)
-                await policy._rate_token(self.kind, record, self.background)
-                self.reservation = policy._reserve(self.kind, record, self.background)
-        except BaseException:
-            await self.slots.__aexit__(None, None, None)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self.reservation is not None:
-                record = self.record
-                self.reservation.settle((record.tokens_in or 0) + (record.tokens_out or 0))
-        finally:
-            await self.slots.__aexit__(None, None, None)
-
-
-def quota_settings(config: Config | None) -> tuple[Any, Any]:
-    """What a Policy is built from: a reload that changes neither keeps the Policy's state."""
-    return (config.limits, config.degradation) if config is not None else (None, None)
+    return SharedLimits(
+        redis_url(config),
+        config.redis.namespace,
+        config.limits,
+        config.circuit_breaker,
+        connect_timeout_s=config.redis.connect_timeout_s,
+    )

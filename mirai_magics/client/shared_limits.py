@@ -1,10 +1,10 @@
 """Quotas and breaker state in Redis, shared by every kernel and worker of one url and namespace.
 
-The Redis twin of ``limits.py`` (rate windows, rolling token budgets) and ``breaker.py``.
+The Redis twin of ``limits.py`` (request rates, rolling token budgets) and ``breaker.py``.
 Every decision is one Lua script timed by Redis ``TIME``, so all processes share one clock
 and no two can both take the last slot. Keys (all expire, so an abandoned namespace goes):
 
-- ``{ns}:rps:{kind}``: ZSET of scheduled send times (ms);
+- ``{ns}:rps:{kind}``: the next free send time (µs, GCRA: sends spaced evenly, no burst);
 - ``{ns}:tokens:global``, ``{ns}:tokens:user:{user}``: ZSETs of token entries;
 - ``{ns}:breaker:{model}:failures`` (counter) and ``{ns}:breaker:{model}:open`` (PX = open time).
 
@@ -25,37 +25,47 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Breaker, Limits
 from ..errors import QuotaExceededError, RedisUnavailableError
-from .breaker import CircuitBreaker, State
+from .shared_breaker import BREAKER_SCRIPTS, SharedCircuitBreaker
 
 WINDOW_MS = 60_000  # the rolling minute of the token budgets
 LEASE_MS = 600_000  # an unsettled estimate (its process died) is released after this + 1 min
 REFRESH_S = 0.2  # how often a process reads the shared breaker state
+# Sends are spaced by (1 s + GUARD_S) / rps: a send up to GUARD_S later than its slot (a busy
+# loop or machine, the way to the wire) still cannot crowd a second past the limit. The cost:
+# 100 ms of 1 s, so at most ~91% of rps is used.
+GUARD_S = 0.1
 
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
+_NOW_US = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
 
-# KEYS: the window. ARGV: limit, window ms, max wait ms (< 0: none), member.
-# t0 = max(now, newest); t = t0 if (t0-W, t0] holds fewer than limit, else limit-th newest + W.
-# Every entry stays <= the newest, so any window ending after t holds no more than (t-W, t].
+# GCRA without burst. KEYS: the key of the next free send time (µs). ARGV: emission interval
+# µs, max wait µs (< 0: none). Sends are booked at least one interval apart, so any second
+# holds no more than 1 s / interval of them; returns {wait µs, booked 0/1, slot µs}.
 _RATE = (
-    _NOW
+    _NOW_US
     + """
-local limit, w, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - w)
-local slot = now
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if #newest > 0 then slot = math.max(slot, tonumber(newest[2])) end
-if redis.call('ZCOUNT', KEYS[1], '(' .. (slot - w), slot) >= limit then
-  slot = tonumber(redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')[2]) + w
-end
-if cap >= 0 and slot - now > cap then return {slot - now, 0} end
-redis.call('ZADD', KEYS[1], slot, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], slot - now + 3 * w)
-return {slot - now, 1}
+local t, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or now))
+if cap >= 0 and slot - now > cap then return {slot - now, 0, slot} end
+redis.call('SET', KEYS[1], string.format('%d', slot + t),
+           'PX', math.ceil((slot + t - now) / 1000) + 60000)
+return {slot - now, 1, slot}
 """
 )
+
+# KEYS: as _RATE. ARGV: slot µs, interval µs. Gives the last booked slot back (a slot in the
+# middle stays used: a gap, never an extra send).
+_UNBOOK = """
+if tonumber(redis.call('GET', KEYS[1]) or '-1') == tonumber(ARGV[1]) + tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+end
+"""
 
 # Token entries: "r:<id>:<n>" in flight (score = lease end, in the future), "s:<id>:<n>"
 # settled (score = settle time). Used = every entry scored after now - 1 min.
@@ -125,28 +135,8 @@ return {g, u}
 """
 )
 
-# KEYS: failures, open. ARGV: threshold, open ms, failures ttl ms. Returns ms open (0: closed).
-_FAIL = """
-local open = redis.call('PTTL', KEYS[2])
-if open > 0 then return open end
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if n < tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-redis.call('DEL', KEYS[1])
-return tonumber(ARGV[2])
-"""
-
-# KEYS: failures, open. ARGV: open ms. Opens for at least that long.
-_OPEN = """
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-end
-redis.call('DEL', KEYS[1])
-"""
-
-SCRIPTS = {"rate": _RATE, "reserve": _RESERVE, "settle": _SETTLE, "used": _USED}
-SCRIPTS |= {"fail": _FAIL, "open": _OPEN}
+SCRIPTS = {"rate": _RATE, "unbook": _UNBOOK, "reserve": _RESERVE, "settle": _SETTLE}
+SCRIPTS |= {"used": _USED, **BREAKER_SCRIPTS}
 
 
 def safe_url(url: str) -> str:
@@ -155,14 +145,17 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-def rate_window(rate: float, guard_s: float) -> tuple[int, int]:
-    """(sends, window ms) enforcing ``rate``/s: floor(rate) per second, one per 1/rate s below 1.
+def emission_us(rate: float, guard_s: float) -> int:
+    """Microseconds between two sends enforcing ``rate``/s in every one-second window.
 
-    No window can hold half a send, so 2.5/s is enforced as 2/s; the guard widens the window
-    to absorb event-loop lateness between the scheduled time and the real send.
+    floor(rate) sends per second (no window can hold half a send: 2.5/s is enforced as 2/s),
+    or one per 1/rate s below 1; the guard stretches the interval so a send late by up to
+    ``guard_s`` (event-loop lateness) still cannot crowd a window past the limit.
     """
-    limit = max(1, math.floor(rate))
-    return limit, math.ceil((max(1.0, 1.0 / rate) + guard_s) * 1000)
+    guard_us = round(guard_s * 1_000_000)
+    if rate >= 1:
+        return math.ceil((1_000_000 + guard_us) / math.floor(rate))
+    return math.ceil(1_000_000 / rate) + guard_us
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -185,7 +178,7 @@ class SharedLimits:
         breaker: Breaker,
         *,
         connect_timeout_s: float = 2.0,
-        guard_s: float = 0.05,
+        guard_s: float = GUARD_S,
     ):
         self.url, self.safe_url = url, safe_url(url)
         self.namespace = namespace
@@ -266,32 +259,29 @@ class SharedLimits:
     # --- rate ------------------------------------------------------------------------
 
     async def rate(self, kind: str, max_wait_s: float | None) -> tuple[float, str]:
-        """Schedule one send of ``kind`` in the shared window: (seconds to wait, slot id).
+        """Book one send of ``kind`` in the shared schedule: (seconds to wait, slot id).
 
-        Raises QuotaExceededError(kind='rate') and schedules nothing when the wait would
+        Raises QuotaExceededError(kind='rate') and books nothing when the wait would
         exceed ``max_wait_s`` (None: no cap).
         """
         rate = getattr(self.limits.rps, kind)
-        limit, window_ms = rate_window(rate, self.guard_s)
-        cap = -1 if max_wait_s is None else math.floor(max_wait_s * 1000)
-        member = self._next_id()
-        wait_ms, added = await self._script(
-            "rate", [self._key("rps", kind)], [limit, window_ms, cap, member]
-        )
-        wait = wait_ms / 1000
-        if not added:
+        cap = -1 if max_wait_s is None else math.floor(max_wait_s * 1_000_000)
+        args = [emission_us(rate, self.guard_s), cap]
+        wait_us, booked, slot = await self._script("rate", [self._key("rps", kind)], args)
+        wait = wait_us / 1_000_000
+        if not booked:
             raise QuotaExceededError(
                 f"{kind} rate limit of {rate:g} requests/s is saturated: the next slot "
                 f"frees in {wait:.1f} s (over limits.max_wait_s = {max_wait_s:g})",
                 retry_in_s=wait,
                 kind="rate",
             )
-        return wait, member
+        return wait, str(slot)
 
     async def refund(self, kind: str, member: str) -> None:
-        """Remove a slot whose caller was cancelled before sending."""
-        with self._unavailable():
-            await self._redis().zrem(self._key("rps", kind), member)
+        """Give back a slot whose caller did not send (when it is still the last one booked)."""
+        interval = emission_us(getattr(self.limits.rps, kind), self.guard_s)
+        await self._script("unbook", [self._key("rps", kind)], [member, interval])
 
     # --- token budgets ---------------------------------------------------------------
 
@@ -397,99 +387,3 @@ class SharedLimits:
                 ttls = await pipe.execute()
         for breaker, ttl in zip(breakers, ttls, strict=True):
             breaker.seen(ttl)
-
-
-class SharedCircuitBreaker(CircuitBreaker):
-    """A CircuitBreaker whose failures and open state are shared through Redis.
-
-    The sync methods never wait for Redis: each counted failure, opening and success is
-    pushed as a fire-and-forget task. Consecutive failures of every process add up in one
-    counter (a success anywhere resets it); the process whose failure reaches the threshold
-    opens when Redis replies (one round trip later), the others when their watcher next reads
-    the open key (every 0.2 s, from their first breaker call on): at most ~0.2 s plus a round
-    trip after it opened. Half-open probing stays per process: each admits its own probe
-    once the shared open time has run out, and a failed probe reopens it everywhere. A count
-    untouched for ``timeout_s`` is forgotten. A failure Redis cannot take is counted in this
-    process, so with Redis down it behaves like a local breaker.
-    """
-
-    def __init__(self, model: str, shared: SharedLimits, clock: Callable[[], float]):
-        super().__init__(model, shared.breaker_settings, clock)
-        self.shared = shared
-        self.keys = [
-            shared._key("breaker", model, "failures"),
-            shared._key("breaker", model, "open"),
-        ]
-        self.remote_until = 0.0  # local clock time the shared open key runs out
-
-    def seen(self, ttl_ms: int) -> None:
-        """Record the remaining time of the shared open key (<= 0: absent)."""
-        self.remote_until = self.clock() + ttl_ms / 1000 if ttl_ms > 0 else 0.0
-
-    def _sync(self) -> None:
-        """Adopt an open state set elsewhere (unless a probe of ours is in flight)."""
-        self.shared._watch()
-        with self._lock:
-            until = self.remote_until
-            if until <= self.clock() or self.probe_in_flight:
-                return
-            if self.state is State.CLOSED or until > self.reopen_at:
-                self.state, self.reopen_at = State.OPEN, until
-                self.failures = self.probe_successes = 0
-
-    def check(self) -> None:
-        self._sync()
-        super().check()
-
-    def acquire(self) -> bool:
-        self._sync()
-        return super().acquire()
-
-    def remaining_s(self) -> float:
-        self._sync()
-        return super().remaining_s()
-
-    def current_state(self) -> State:
-        self._sync()
-        return super().current_state()
-
-    def success(self, probe: bool) -> None:
-        super().success(probe)
-        self.shared._push(self._reset)
-
-    def failure(self, probe: bool) -> None:
-        """Count a failure in Redis (its reply may open the breaker); a probe's reopens it."""
-        self._sync()
-        if probe:
-            super().failure(probe)
-            return
-        with self._lock:
-            closed = self.state is State.CLOSED
-        # not closed: a straggler that started before the breaker opened
-        if closed and not self.shared._push(self._count):
-            super().failure(False)  # no loop to reach Redis from: counted here only
-
-    def _open(self, seconds: float) -> None:
-        super()._open(seconds)
-        self.shared._push(lambda: self._publish_open(seconds))
-
-    async def _reset(self) -> None:
-        with self.shared._unavailable():
-            await self.shared._redis().delete(self.keys[0])
-
-    async def _count(self) -> None:
-        settings = self.settings
-        ms = [math.ceil(settings.timeout_s * 1000)] * 2
-        try:
-            open_ms = await self.shared._script(
-                "fail", self.keys, [settings.failure_threshold, *ms]
-            )
-        except RedisUnavailableError:
-            super().failure(False)  # counted in this process only
-            raise
-        if open_ms > 0:
-            self.seen(open_ms)
-            self._sync()
-
-    async def _publish_open(self, seconds: float) -> None:
-        await self.shared._script("open", self.keys, [math.ceil(seconds * 1000)])

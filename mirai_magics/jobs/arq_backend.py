@@ -142,7 +142,9 @@ class ArqBackend:
             yield
         except _redis_errors() as exc:
             await self.close()  # the next run connects afresh (and pings)
-            raise RedisUnavailableError(self.safe_url, self._reason(exc), hint=RESUME) from None
+            raise RedisUnavailableError(
+                self.safe_url, self._reason(exc), hint=RESUME, effect="the batch is paused"
+            ) from None
 
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, asyncio.TimeoutError) or "Timeout" in type(exc).__name__:

@@ -106,5 +106,5 @@ def payloads(
             max_system_tokens=context.system_prompt_max_tokens,
         )
         messages = [{**m, "content": redact(str(m["content"]), secrets)} for m in prompt.messages]
-        out.append(payload(messages, profile, fmt, overrides, prompt.tokens))
+        out.append(payload(messages, profile, fmt, overrides, prompt.tokens, session.user))
     return out

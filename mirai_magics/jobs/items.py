@@ -43,9 +43,15 @@ def payload(
     fmt: str = "text",
     overrides: dict[str, Any] | None = None,
     prompt_tokens: int | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    """What a queued item carries: everything needed to send it again, nothing else."""
+    """What a queued item carries: everything needed to send it again, nothing else.
+
+    ``user``: whose per-user token budget it spends (the submitting session's), also when a
+    `mirai worker` of another OS user sends it."""
     out: dict[str, Any] = {"messages": messages, "profile": profile, "format": fmt}
+    if user:
+        out["user"] = user
     if overrides:
         out["overrides"] = overrides
     if prompt_tokens is not None:
@@ -71,6 +77,8 @@ async def run_item(client: Any, item: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"background": True}
     if item.get("prompt_tokens") is not None:
         kwargs["prompt_tokens"] = item["prompt_tokens"]
+    if item.get("user"):
+        kwargs["on_behalf_of"] = item["user"]
     try:
         reply = await client.chat(
             item["messages"], item.get("profile", "main"), **kwargs, **overrides

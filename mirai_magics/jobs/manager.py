@@ -104,14 +104,16 @@ class Jobs:
         *,
         label: str = "",
         options: dict[str, Any] | None = None,
+        listen: Callable[[LiveJob], None] | None = None,
     ) -> LiveJob:
-        """Store a new job and start it; returns at once."""
+        """Store a new job and start it; returns at once. ``listen(live)`` runs before the
+        job starts (a listener added after could miss a fast job's result)."""
         _ = self.session.client  # built on this (kernel) thread, not on the engine loop
         backend = self.backend
         job_id = self.store.create(
             kind, profile, payloads, backend=backend.name, label=label, options=options
         )
-        return self._start(job_id, kind, list(enumerate(payloads)), len(payloads))
+        return self._start(job_id, kind, list(enumerate(payloads)), len(payloads), listen)
 
     def resume(self, job_id: str) -> LiveJob:
         """Run what ``job_id`` has still pending (it may belong to a kernel that died)."""
@@ -125,9 +127,16 @@ class Jobs:
         return self._start(job_id, row.kind, pending, row.total)
 
     def _start(
-        self, job_id: str, kind: str, pending: list[tuple[int, dict[str, Any]]], total: int
+        self,
+        job_id: str,
+        kind: str,
+        pending: list[tuple[int, dict[str, Any]]],
+        total: int,
+        listen: Callable[[LiveJob], None] | None = None,
     ) -> LiveJob:
         live = LiveJob(job_id, kind, total, already=total - len(pending))
+        if listen is not None:
+            listen(live)
         with self._lock:
             self.live[job_id] = live
         self.store.set_state(job_id, "running")
@@ -200,7 +209,9 @@ class Jobs:
         if live is not None and not live.finished.is_set():
             live.task.cancel()
             live.finished.wait(5)
-        elif not row.finished:
+        elif not row.finished:  # no live task here (another kernel's, or before a restart)
+            if row.backend == "arq" and self.backend.name == "arq":
+                self.session.engine.run(self.backend.cancel(job_id))  # its queued items too
             self.store.cancel_pending(job_id)
             self.store.set_state(job_id, "cancelled")
         else:

@@ -183,8 +183,7 @@ class JobStore:
         """Move a job to ``state`` (taking it over: its owner becomes this process)."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state = ?, error = COALESCE(?, error), updated = ?, owner = ?"
-                " WHERE id = ?",
+                "UPDATE jobs SET state = ?, error = ?, updated = ?, owner = ? WHERE id = ?",
                 (state, error, time.time(), OWNER, job_id),
             )
 

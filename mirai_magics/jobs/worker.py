@@ -96,6 +96,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 async def _shutdown(ctx: dict[str, Any]) -> None:
     if "client" in ctx:
         await ctx["client"].sdk.close()
+        await ctx["client"].policy.aclose()
         ctx["endpoint"].close()
 
 
@@ -167,10 +168,14 @@ async def check_redis(config: Config) -> None:
             create_pool(redis_settings(config, reconnect=False)), timeout + 1
         )
     except asyncio.TimeoutError:
-        raise RedisUnavailableError(url, f"no answer within {timeout:g} s", hint=hint) from None
+        raise RedisUnavailableError(
+            url, f"no answer within {timeout:g} s", hint=hint, effect="the worker did not start"
+        ) from None
     except (RedisError, OSError) as exc:  # refused, unknown host, wrong password…
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise RedisUnavailableError(url, reason, hint=hint) from None
+        raise RedisUnavailableError(
+            url, reason, hint=hint, effect="the worker did not start"
+        ) from None
     await pool.aclose()
 
 

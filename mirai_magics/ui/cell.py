@@ -32,6 +32,7 @@ class CellRequest:
     out: str | None = None
     interp: bool = True
     flags: list[str] = field(default_factory=list)
+    code: str | None = None  # set by the call: the code the answer put into the next cell
 
 
 def request_from_args(
@@ -136,6 +137,7 @@ def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[st
     with span("mirai.validate", format=request.fmt) as current:
         rendered = render_answer(reply.text, request.fmt, shell, view.handle if view else None)
         current.set_attribute("valid", not rendered.error)
+    request.code = rendered.code
     if rendered.error:
         show_error(rendered.error)
     if prepared.keep_history:

@@ -13,6 +13,7 @@ from typing import Any
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .registry import Registry
+from .sandbox_cmd import sandbox_options
 
 COMMANDS = Registry("mirai", "The line commands of mirai_magics (`%%mirai?` shows the cell magic).")
 subcommand = COMMANDS.register
@@ -291,6 +292,30 @@ def batch_command(magics: Any, args: Args) -> Any:
     from .jobs_cmd import run_batch_command
 
     return run_batch_command(magics, args)
+
+
+@subcommand("run")
+@magic_arguments()
+@argument(
+    "cell",
+    nargs="?",
+    type=count,
+    default=None,
+    metavar="N",
+    help="run In[N] (default: the code the last `--format code` answer put into the next cell)",
+)
+@sandbox_options
+def run_code(magics: Any, args: Args) -> None:
+    """Run generated code (or In[N]) in the sandbox, never in this kernel; show the result.
+
+    Example::
+
+        %mirai run
+        %mirai run 12 --timeout 5 --file data.csv
+    """
+    from .sandbox_cmd import run_command
+
+    run_command(magics, args)
 
 
 @subcommand("help")

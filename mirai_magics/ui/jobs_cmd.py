@@ -2,8 +2,8 @@
 
 A background cell shows one line at once (job id, profile, queued) in a display it keeps;
 when the job ends, the answer and its badge replace that line in the same output area,
-even while other cells run. The history gets the answer when it completes, in completion
-order, and the badge says so.
+even after the cell finished and while other cells run (``late.LateDisplay``). The history
+gets the answer when it completes, in completion order, and the badge says so.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..errors import JobError, UsageError
 from ..jobs.items import ItemResult, payload
 from ..text import clip
 from .badges import error_html, error_text
+from .late import LateDisplay
 from .render import answer_bundle
 
 STATE_MARK = {"queued": "…", "running": "…", "done": "✓", "failed": "✗", "cancelled": "⊘"}
@@ -23,8 +24,6 @@ STATE_MARK = {"queued": "…", "running": "…", "done": "✓", "failed": "✗",
 
 def start_background(request: Any, session: Any, namespace: dict[str, Any]) -> str:
     """Queue one cell; its display updates when the answer arrives. Returns the job id."""
-    from IPython.display import display
-
     from .cell import interpolated
 
     text = interpolated(request, namespace)
@@ -36,30 +35,33 @@ def start_background(request: Any, session: Any, namespace: dict[str, Any]) -> s
         request.fmt,
         dict(prepared.overrides),
         prepared.prompt_tokens,
+        session.user,
     )
     options = {"format": request.fmt, "out": request.out}
-    live = session.jobs.submit(
-        "cell", prepared.profile, [item], label=clip(text, 60), options=options
-    )
-    line = f"job {live.id} · {prepared.profile} · queued (background)"
-    answer = display(_line_bundle(line), raw=True, display_id=True)
-    badge = display({"text/plain": ""}, raw=True, display_id=True)
     flags = list(request.flags)
 
-    def done(index: int, result: ItemResult) -> None:
-        _show_background(
-            session, answer, badge, live.id, request, prepared, result, flags, namespace
-        )
+    def listen(live: Any) -> None:  # before the job starts: a fast answer is not missed
+        line = f"job {live.id} · {prepared.profile} · queued (background)"
+        answer, badge = LateDisplay(_line_bundle(line)), LateDisplay({"text/plain": ""})
 
-    live.on_result.append(done)
-    live.on_done.append(lambda job: _ended_without_result(job, answer))
+        def done(index: int, result: ItemResult) -> None:
+            _show_background(
+                session, answer, badge, live.id, request, prepared, result, flags, namespace
+            )
+
+        live.on_result.append(done)
+        live.on_done.append(lambda job: _ended_without_result(job, answer))
+
+    live = session.jobs.submit(
+        "cell", prepared.profile, [item], label=clip(text, 60), options=options, listen=listen
+    )
     return live.id
 
 
 def _show_background(
     session: Any,
-    answer: Any,
-    badge: Any,
+    answer: LateDisplay,
+    badge: LateDisplay,
     job_id: str,
     request: Any,
     prepared: Any,
@@ -71,9 +73,9 @@ def _show_background(
     from .badges import badge_html, badge_text
 
     if not result.ok:
-        answer.update(_error_bundle(result.error or "failed"), raw=True)
+        answer.update(_error_bundle(result.error or "failed"))
     else:
-        answer.update(answer_bundle(result.text, request.fmt, result.data), raw=True)
+        answer.update(answer_bundle(result.text, request.fmt, result.data))
         flags = [*flags, f"background {job_id}"]
         if prepared.keep_history:
             session.history.append_turn(prepared.user_text, result.text)
@@ -87,15 +89,13 @@ def _show_background(
             {
                 "text/html": badge_html(result.record, flags, session.config.pricing),
                 "text/plain": badge_text(result.record, flags, session.config.pricing),
-            },
-            raw=True,
+            }
         )
 
 
-def _ended_without_result(job: Any, answer: Any) -> None:
+def _ended_without_result(job: Any, answer: LateDisplay) -> None:
     if job.done + job.failed == 0 and job.already == 0:
-        reason = job.error or ("cancelled" if job.error is None else job.error)
-        answer.update(_error_bundle(f"job {job.id}: {reason}"), raw=True)
+        answer.update(_error_bundle(f"job {job.id}: {job.error or 'cancelled'}"))
 
 
 def _line_bundle(line: str) -> dict[str, str]:

@@ -10,13 +10,14 @@ import traceback
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 from traitlets import Bool, Unicode, observe
 
 from ..errors import MiraiError
 from .commands import COMMANDS
 from .defaults import CellDefaults
+from .sandbox_cmd import sandbox_options
 
 FORMATS = ("markdown", "code", "text", "json")
 WARM_UP_WAIT_S = 30.0
@@ -45,6 +46,7 @@ class MiraiMagics(Magics):
         self._warming: threading.Thread | None = None
         self.errors: dict[int, str] = {}  # Err[n]: traceback text of cell n
         self.defaults = CellDefaults()  # `%mirai use` and the picker: UI state, not the session's
+        self.generated_code: str | None = None  # the last `--format code` answer's code
 
     @property
     def session(self) -> Any:
@@ -121,6 +123,7 @@ class MiraiMagics(Magics):
         action="store_true",
         help="return at once; the answer appears here when done (`%%mirai jobs`)",
     )
+    @argument("--run", action="store_true", help="with --format code: run it in the sandbox too")
     @no_var_expand  # `%mirai batch xs -t "{item}"`: braces are ours, not IPython's
     @line_cell_magic
     def mirai(self, line: str, cell: str | None = None) -> Any:
@@ -137,6 +140,9 @@ class MiraiMagics(Magics):
             %%mirai --format json --out facts --no-history
             List three facts about {city} as JSON.
 
+            %%mirai --format code --run
+            Print the first ten primes.
+
         `{name}`, `{obj.attr}`, `{seq[0]}`, `{In[n]}`, `{Out[n]}` and `{Err[n]}` are filled in
         from the notebook; other braces stay as they are (`{{` escapes). The last reply is in
         `_mirai`. Without a cell body, `%mirai NAME …` runs one of the line commands below.
@@ -148,6 +154,10 @@ class MiraiMagics(Magics):
             from .cell import request_from_args, run_cell
 
             request = request_from_args(args, cell, self.session.config, self.defaults)
+            if args.run:
+                from .sandbox_cmd import check_run
+
+                check_run(args, request.fmt)
             if args.background:
                 from .jobs_cmd import start_background
 
@@ -155,8 +165,38 @@ class MiraiMagics(Magics):
                 return None
         except (MiraiError, ValueError, OSError) as exc:  # bad input: one line; bugs: traceback
             return _fail(exc)
-        run_cell(request, self.session, self.shell, self.namespace())
+        reply = run_cell(request, self.session, self.shell, self.namespace())
+        if request.code is not None:
+            self.generated_code = request.code
+        if args.run and reply is not None:
+            from .sandbox_cmd import run_generated
+
+            run_generated(request.code, self.session.config)
         return None  # the reply is in `_mirai`; returning it would add an Out[] entry
+
+    @magic_arguments()
+    @sandbox_options
+    @no_var_expand
+    @cell_magic
+    def mirai_sandbox(self, line: str, cell: str) -> None:
+        """Run the cell in the sandbox (docker or bubblewrap), never in this kernel.
+
+        The code sees no secrets, no network, no notebook folder and no $HOME; it has a
+        fresh work dir, a wall clock, and memory, process and output limits
+        (`security.sandbox`). The result shows exit code, duration, output and files.
+
+        Example::
+
+            %%mirai_sandbox --timeout 5
+            import os
+            print(os.environ.get("OPENAI_API_KEY"))  # None
+        """
+        from .sandbox_cmd import run_cell_body
+
+        try:
+            run_cell_body(self, line, cell)
+        except (MiraiError, ValueError, OSError) as exc:  # bad input: one line
+            _fail(exc)
 
     def _line(self, line: str) -> Any:
         """`%mirai NAME ARGS…` through the subcommand table (commands.py); no words: help.

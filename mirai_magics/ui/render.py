@@ -21,6 +21,7 @@ class Rendered:
     flags: list[str]
     data: Any = None
     error: str | None = None
+    code: str | None = None  # what `--format code` put into the next cell
 
 
 def answer_bundle(text: str, fmt: str, data: Any = None) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def render_answer(text: str, fmt: str, shell: Any, handle: Any = None) -> Render
             rendered.flags.append("no code block found")
         else:
             shell.set_next_input(code, replace=False)
+            rendered.code = code
             rendered.flags.append("code → next cell")
     return rendered
 
