@@ -1,30 +1,54 @@
 """mirai_magics: production-grade LLM magics for Jupyter (`%load_ext mirai_magics`).
 
-Only the extension hooks live here, and ``batch`` and ``sandbox`` (loaded on first use);
-everything heavy loads on first use.
+Only the extension hooks live here. The public Python API — ``ask``, ``Session``,
+``batch``, ``Reply``, ``MiraiError`` and the ``sandbox`` module — loads on first use, so
+`%load_ext` imports nothing heavy::
+
+    from mirai_magics import Session, ask
+
+    print(ask("Name one prime number.", profile="fast"))
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
 _loaded: dict[int, Any] = {}
-__all__ = ["batch", "load_ipython_extension", "sandbox", "unload_ipython_extension"]
+__all__ = [
+    "MiraiError",
+    "Reply",
+    "Session",
+    "ask",
+    "batch",
+    "load_ipython_extension",
+    "sandbox",
+    "unload_ipython_extension",
+]
 
 
 def __getattr__(name: str) -> Any:
-    """``mirai_magics.batch`` and ``mirai_magics.sandbox`` load on first use, not at
-    `%load_ext`."""
-    if name == "batch":
-        from .api import batch
+    """The public API (``__all__``) loads on first use, not at `%load_ext`."""
+    if name in ("ask", "batch"):
+        from . import api
 
-        return batch
+        return getattr(api, name)
+    if name == "Session":
+        from .session import Session
+
+        return Session
+    if name == "Reply":
+        from .client.records import Reply
+
+        return Reply
+    if name == "MiraiError":
+        from .errors import MiraiError
+
+        return MiraiError
     if name == "sandbox":  # `from . import sandbox` would ask this hook again
-        import importlib
-
         return importlib.import_module(f"{__name__}.sandbox")
     raise AttributeError(f"module 'mirai_magics' has no attribute {name!r}")
 

@@ -2,11 +2,17 @@
 
 One row per call with its request (parameters, messages unless ``include_prompts`` is
 off), the answer, usage, latency, attempts, retry reasons, degradation, `auto` route, the
-model version (sent, reported by the API, canary) and error (the row itself is built by
-:mod:`mirai_magics.calllog_rows`; an older file gains newer columns on open). The main log lives in
-``<home>/calls.sqlite`` (WAL, so two kernels can append at once); ``MIRAI_RECORD=path``
-adds a *cassette*: the same table holding only live chat calls, in rollback-journal mode
-so the file can be committed next to a notebook.
+model version (sent, reported by the API, canary), error, its cost in USD (``pricing.py``;
+NULL when unknown) and the notebook that made it (``memory/identity.py``) — the row itself
+is built by :mod:`mirai_magics.calllog_rows`; an older file gains newer columns on open.
+``cost_totals`` sums costs per model (a notebook's, or a day's for ``limits.budget_usd``).
+The main log lives in ``<home>/calls.sqlite`` (WAL, so two kernels can append at once);
+``MIRAI_RECORD=path`` adds a *cassette*: the same table holding only live chat calls, in
+rollback-journal mode so the file can be committed next to a notebook.
+
+Calls are written in batches (one transaction per ~50 ms burst). A row that cannot be
+built or stored (bad data in one call) is dropped alone, with one warning line: the batch
+is then written row by row, so the other calls of the burst are kept.
 """
 
 from __future__ import annotations
@@ -25,13 +31,19 @@ from .calllog_rows import current_cell, new_session_id, row_values, text_key
 from .client.observers import Messages, Observer
 from .client.records import CallRecord
 from .errors import ConfigError
-from .redact import DEFAULT_SECRET_NAMES, secret_env_values
+from .memory.home import make_home
+from .memory.identity import notebook_identity
+from .pricing import ModelSpend, Prices
+from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 
 log = logging.getLogger(__name__)
 FILE_NAME = "calls.sqlite"
 BATCH_LINGER_S = 0.05  # how long the writer lets calls gather before one transaction
 BUSY_TIMEOUT_MS = 10_000
 MAX_REMEMBERED_SECRETS = 100
+# What one call's data can make building or inserting its row raise (a value SQLite
+# cannot bind, text UTF-8 cannot encode, an int over 64 bits): that row is dropped alone.
+ROW_ERRORS = (sqlite3.ProgrammingError, ValueError, TypeError, OverflowError)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +65,8 @@ ADDED_COLUMNS = {
     "canary": "TEXT",  # the canary model version the call was sent to
     "route_profile": "TEXT",  # what `auto` chose (NULL: a profile was named)
     "route_reason": "TEXT",  # and why: "code generation", "spam filtering", …
+    "cost": "REAL",  # USD of its usage (pricing.py); NULL: no usage or no price
+    "notebook": "TEXT",  # the notebook identity of the kernel (memory/identity.py)
 }
 
 
@@ -110,6 +124,52 @@ def read_calls(path: Path, limit: int = 10) -> list[dict[str, Any]]:
     return [_decoded(dict(row)) for row in reversed(rows)]
 
 
+def cost_totals(
+    path: Path,
+    *,
+    notebook: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, ModelSpend]:
+    """Live answered calls per model (calls, cost, unpriced) of one notebook and/or started
+    in [since, until); empty without a file or before the cost column."""
+    where, args = ["replayed = 0", "(error IS NULL OR tokens_in IS NOT NULL)"], []
+    for clause, value in (("notebook = ?", notebook), ("time >= ?", since), ("time < ?", until)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    query = (
+        "SELECT model, COUNT(*), TOTAL(cost), COUNT(*) - COUNT(cost) FROM calls "
+        f"WHERE {' AND '.join(where)} GROUP BY model ORDER BY MIN(seq)"
+    )
+    if not path.exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            rows = conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:  # an older file without the columns: nothing
+        if "no such column" in str(exc):
+            return {}
+        raise
+    return {model: ModelSpend(calls, cost, unpriced) for model, calls, cost, unpriced in rows}
+
+
+def _insert(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (same columns) in one transaction; all or none."""
+    names = list(rows[0])
+    insert = f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(insert, [[row[name] for name in names] for row in rows])
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     for name in ("params", "messages", "retry_reasons"):
         if row.get(name) is not None:
@@ -130,8 +190,12 @@ class CallLog(Observer):
         cassette: bool = False,
         session_id: str | None = None,
         secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES,
+        prices: Prices | None = None,
+        notebook: str | None = None,
     ):
         self.path = Path(path).expanduser().resolve()
+        self.prices = prices or Prices()
+        self.notebook = notebook or notebook_identity()
         self.include_prompts = include_prompts
         self.cassette = cassette
         self.session_id = session_id or new_session_id()
@@ -161,7 +225,7 @@ class CallLog(Observer):
     def _write_logged(self, batch: list[tuple[Any, ...]]) -> None:
         try:
             self.write_many(batch)
-        except (sqlite3.Error, OSError) as exc:  # the log must never break the call itself
+        except (sqlite3.Error, OSError, *ROW_ERRORS) as exc:  # never break the call itself
             if not self._failing:  # once per outage, not once per call
                 log.warning("mirai: call log %s not written: %s", self.path, exc)
             self._failing = True
@@ -183,23 +247,29 @@ class CallLog(Observer):
         self.write_many([(record, messages, text, cell)])
 
     def write_many(self, calls: list[tuple[Any, ...]]) -> None:
-        """Append calls ``(record, messages, text, cell)`` in one transaction."""
-        if not calls:
-            return
+        """Append calls ``(record, messages, text, cell)`` in one transaction; when that
+        fails on a row's data, row by row, dropping (with a warning) only the bad rows."""
         secrets = self._secrets()
-        rows = [self._row(secrets, *call) for call in calls]
-        insert = (
-            f"INSERT INTO calls ({', '.join(rows[0])}) VALUES ({', '.join('?' * len(rows[0]))})"
-        )
+        rows = [row for call in calls if (row := self._built(secrets, call)) is not None]
+        if not rows:
+            return
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN")
             try:
-                conn.executemany(insert, [list(row.values()) for row in rows])
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                _insert(conn, rows)
+            except ROW_ERRORS:
+                for row in rows:
+                    try:
+                        _insert(conn, [row])
+                    except ROW_ERRORS as exc:
+                        log.warning("mirai: call %s not logged: %s", row.get("id"), exc)
+
+    def _built(self, secrets: list[str], call: tuple[Any, ...]) -> dict[str, Any] | None:
+        try:
+            return self._row(secrets, *call)
+        except ROW_ERRORS as exc:
+            log.warning("mirai: call %s not logged: %s", getattr(call[0], "id", "?"), exc)
+            return None
 
     def _row(self, secrets: list[str], record: Any, messages: Any, text: Any, cell: Any) -> dict:
         row = row_values(
@@ -208,8 +278,10 @@ class CallLog(Observer):
             text,
             secrets,
             session=self.session_id,
-            conversation=self._conversation(messages, text),
+            conversation=self._conversation(messages, text, secrets),
             cell=cell if cell is not None else current_cell(),
+            cost=self.prices.cost(record),
+            notebook=self.notebook,
         )
         if not self.include_prompts:
             row["messages"] = None
@@ -224,22 +296,27 @@ class CallLog(Observer):
             del self._known_secrets[next(iter(self._known_secrets))]
         return sorted(self._known_secrets, key=len, reverse=True)
 
-    def _conversation(self, messages: list[dict[str, Any]] | None, text: str | None) -> str:
-        """Same id as the call whose answer ends this request's history, else a new one."""
+    def _conversation(
+        self, messages: list[dict[str, Any]] | None, text: str | None, secrets: list[str]
+    ) -> str:
+        """Same id as the call whose answer ends this request's history, else a new one
+        (answers compared redacted: the history keeps them so)."""
         previous = [m for m in (messages or [])[:-1] if m.get("role") == "assistant"]
-        key = text_key(previous[-1].get("content")) if previous else None
+        key = text_key(redact(str(previous[-1].get("content")), secrets)) if previous else None
         conversation = self._conversations.get(key) if key else None
         if conversation is None:
             self._count += 1
             conversation = f"{self.session_id}/{self._count}"
         if text:
-            self._conversations[text_key(text)] = conversation
+            self._conversations[text_key(redact(text, secrets))] = conversation
             while len(self._conversations) > 1000:
                 self._conversations.popitem(last=False)
         return conversation
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
+            if not self.cassette:  # the call log may be the first to make .mirai/
+                make_home(self.path.parent)
             self._conn = connect(self.path, wal=not self.cassette)
         return self._conn
 
@@ -262,6 +339,7 @@ def open_call_logs(config: Any, session_id: str | None = None) -> list[CallLog]:
         "include_prompts": settings.include_prompts,
         "session_id": session_id or new_session_id(),
         "secret_names": tuple(config.security.redact_env_names),
+        "prices": Prices.from_config(config),
     }
     logs: list[CallLog] = []
     if settings.enabled:

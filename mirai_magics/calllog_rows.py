@@ -8,6 +8,14 @@ parameters) with two exceptions that keep a recorded notebook replayable:
 * the messages are hashed *redacted*: a recorded answer is stored redacted, so when it
   comes back as history in a replay run it must hash like the original did. Redaction
   is idempotent, so ``redact(redact(m)) == redact(m)`` makes both sides meet.
+
+Images are neither stored nor hashed as bytes: every image data URL becomes
+``[image sha256:… 800×600]`` (``images.without_images``) before a message is hashed or
+stored, so a replay matches on the image's hash.
+
+Python text may hold what UTF-8 cannot: a lone surrogate (``'\\ud800'``, from a decoded
+file or a typo). Hashes encode it losslessly (``surrogatepass``); stored text carries
+U+FFFD in its place, since SQLite refuses the row otherwise.
 """
 
 from __future__ import annotations
@@ -15,14 +23,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from .client.records import CallRecord
+from .images import without_images
 from .prompt import is_memory_message
 from .redact import redact
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as SQLite can store it: each lone surrogate becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def sha256(text: str) -> str:
+    """Hex SHA-256 of ``text`` as UTF-8; a lone surrogate is hashed, not an error."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def canonical(value: Any) -> str:
@@ -31,9 +53,9 @@ def canonical(value: Any) -> str:
 
 
 def redacted(value: Any, secrets: Sequence[str] = ()) -> Any:
-    """``value`` with every string in it (nested in dicts and lists too) redacted."""
+    """``value`` with every string in it (nested in dicts and lists too) redacted, storable."""
     if isinstance(value, str):
-        return redact(value, list(secrets))
+        return storable(redact(value, list(secrets)))
     if isinstance(value, dict):
         return {key: redacted(item, secrets) for key, item in value.items()}
     if isinstance(value, list):
@@ -45,26 +67,26 @@ def request_key(
     params: dict[str, Any], messages: list[dict[str, Any]], secrets: Sequence[str] = ()
 ) -> str:
     """SHA-256 of (model, redacted messages without the memory block, parameters)."""
-    kept = [redacted(m, secrets) for m in messages if not is_memory_message(m)]
+    kept = [redacted(without_images(m), secrets) for m in messages if not is_memory_message(m)]
     body = {"model": params.get("model"), "messages": kept, "params": params}
-    return hashlib.sha256(canonical(body).encode()).hexdigest()
+    return sha256(canonical(body))
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
             content = message.get("content")
-            return content if isinstance(content, str) else canonical(content)
+            return content if isinstance(content, str) else canonical(without_images(content))
     return ""
 
 
 def prompt_key(messages: list[dict[str, Any]], secrets: Sequence[str] = ()) -> str:
     """SHA-256 of the last user message alone, redacted (to explain a replay miss)."""
-    return hashlib.sha256(redact(last_user_text(messages), list(secrets)).encode()).hexdigest()
+    return sha256(redact(last_user_text(messages), list(secrets)))
 
 
 def text_key(text: Any) -> str:
-    return hashlib.sha256(str(text).encode()).hexdigest()
+    return sha256(str(text))
 
 
 def current_cell() -> str | None:
@@ -90,7 +112,7 @@ def row_values(
 ) -> dict[str, Any]:
     """One call log row from a CallRecord, its messages and answer, every string redacted."""
     request_hash = request_key(record.params, messages, secrets) if messages else None
-    messages = redacted(messages, secrets) if messages is not None else None
+    messages = redacted(without_images(messages), secrets) if messages is not None else None
     reroute = record.reroute
     row = {
         "id": record.id,

@@ -5,7 +5,9 @@ last) and, when it fell back after a failure, the version it left — the canary
 to (the ``canary`` column), else the stable model of the profile it left (``degraded_from``,
 looked up in the config). So a canary that keeps failing over to another profile shows its
 failures. Replayed calls and calls that were never sent (quota, usage errors) are left out.
-Costs are estimates at the config's ``pricing`` (a dated id is priced as its undated name).
+Costs are what the call log stored per call (``pricing.py``: the config's ``pricing:``, 0 on
+a keyless endpoint, else genai-prices); rows older than the cost column are priced from
+their tokens by the same rules (as on a keyed endpoint).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from .calllog import BUSY_TIMEOUT_MS, main_log_path
 from .client.degrade import NOT_SENT, TRIGGERS
 from .errors import ConfigError
-from .pricing import cost, price_for
+from .pricing import Prices, usd
 from .quantiles import percentile
 
 COLUMNS = (
@@ -33,6 +35,7 @@ COLUMNS = (
     "tokens_out",
     "degraded_from",
     "degraded_reason",
+    "cost",
 )
 HEADER = ("model version", "calls", "errors", "p50", "p95", "tokens in → out", "est. cost")
 
@@ -48,6 +51,15 @@ class Version:
     latencies_ms: list[float] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
+    cost: float = 0.0  # of the answers whose row holds a cost
+    unlogged: tuple[int, int] = (0, 0)  # tokens in, out of answers without one (older rows)
+
+    def price(self, prices: Prices) -> float | None:
+        """USD of its answers: the logged costs, the rest priced now; None: unknown."""
+        if self.unlogged == (0, 0):
+            return self.cost
+        rest = prices.model_cost(self.model, *self.unlogged)
+        return None if rest is None else self.cost + rest
 
     @property
     def error_rate(self) -> float:
@@ -104,12 +116,20 @@ def summarize(
             version.latencies_ms.append(row["latency_ms"] or 0.0)
             version.tokens_in += row["tokens_in"] or 0
             version.tokens_out += row["tokens_out"] or 0
+            if row["cost"] is not None:
+                version.cost += row["cost"]
+            else:
+                tokens_in, tokens_out = version.unlogged
+                version.unlogged = (
+                    tokens_in + (row["tokens_in"] or 0),
+                    tokens_out + (row["tokens_out"] or 0),
+                )
         if row["canary"]:
             seen.setdefault(row["canary"], Version(row["canary"])).canary = True
     return list(seen.values())
 
 
-def format_report(versions: list[Version], prices: Mapping[str, Any]) -> str:
+def format_report(versions: list[Version], prices: Prices) -> str:
     """One line per model version under a header, as aligned text columns (pure)."""
     table = [HEADER, *(_cells(v, prices) for v in versions)]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
@@ -118,9 +138,9 @@ def format_report(versions: list[Version], prices: Mapping[str, Any]) -> str:
     )
 
 
-def _cells(v: Version, prices: Mapping[str, Any]) -> tuple[str, ...]:
-    price = price_for(v.model, prices)
-    shown = "–" if price is None else f"${cost(v.tokens_in, v.tokens_out, price):.4f}"
+def _cells(v: Version, prices: Prices) -> tuple[str, ...]:
+    price = v.price(prices)
+    shown = "–" if price is None else usd(price)
     return (
         v.model + (" (canary)" if v.canary else ""),
         f"{v.calls:,}",
@@ -156,5 +176,6 @@ def run(args: argparse.Namespace) -> int:
 
     versions = summarize(read_rows(path), stable_of)
     print(f"call log: {path}")
-    print(format_report(versions, config.pricing) if versions else "no live chat calls yet")
+    prices = Prices(dict(config.pricing))
+    print(format_report(versions, prices) if versions else "no live chat calls yet")
     return 0

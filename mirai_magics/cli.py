@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import MiraiError
 
@@ -70,23 +71,78 @@ def _add_lazy(sub: argparse._SubParsersAction, name: str, help_text: str, module
 
 
 def _check(args: argparse.Namespace) -> int:
-    """The effective config as YAML in the seed's layout; notices and the verdict on stderr."""
-    import yaml
-
+    """The effective config as YAML in the seed's layout, each value's layer in a comment;
+    notices and the verdict on stderr."""
     from .config import load_config
     from .redact import redact_all
 
     config = load_config(args.path)
-    key = config.security.api_key_env_var
-    print(f"# api key: {'[REDACTED]' if os.environ.get(key) else '(not set)'} (from ${key})")
-    text = yaml.safe_dump(
-        config.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True
-    )
+    layers = " → ".join(f"{label} {source}" for label, source in config.layers)
+    print(f"# layers, lowest first: {layers}")
+    print("# each value's comment names the layer that set it (built-in: none did)")
+    for line in _key_lines(config):
+        print(line)
+    data = config.model_dump(mode="json", exclude_none=True)
+    text = "\n".join(annotated_yaml(data, config.origins())) + "\n"
     print(redact_all(text), end="")
     for line in config.notices():
         print(f"notice: {line}", file=sys.stderr)
     print(f"# valid: {config.source}", file=sys.stderr)
     return 0
+
+
+def _key_lines(config: Any) -> list[str]:
+    """``# api key: [REDACTED] (from $OPENAI_API_KEY)``, then one line per named endpoint."""
+
+    def state(var: str) -> str:
+        return "[REDACTED]" if os.environ.get(var) else "(not set)"
+
+    key = config.security.api_key_env_var
+    lines = [f"# api key: {state(key)} (from ${key})"]
+    for name, endpoint in config.endpoints.items():
+        var = endpoint.api_key_env_var
+        told = f"{state(var)} (from ${var})" if var else "none (EMPTY is sent)"
+        lines.append(f"# api key ({name}): {told}")
+    return lines
+
+
+def annotated_yaml(data: dict[str, Any], origins: dict[Any, str], path: tuple = ()) -> list[str]:
+    """``data`` as block YAML, each value followed by ``# <the layer that set it>``."""
+    from .config import BUILT_IN
+
+    lines, indent = [], "  " * len(path)
+    for key, value in data.items():
+        where = (*path, str(key))
+        head = f"{indent}{_flow(key)}:"
+        if isinstance(value, dict) and value:
+            lines += [head, *annotated_yaml(value, origins, where)]
+            continue
+        origin = next(
+            (origins[where[:i]] for i in range(len(where), 0, -1) if where[:i] in origins), BUILT_IN
+        )
+        if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            lines.append(f"{head}  # {origin}")
+            lines += [f"{indent}  {line}" for line in _block(value)]
+        else:
+            lines.append(f"{head} {_flow(value)}  # {origin}")
+    return lines
+
+
+def _flow(value: Any) -> str:
+    """One line of YAML for a scalar or a list of scalars."""
+    import yaml
+
+    if isinstance(value, str) and "\n" in value:
+        return json.dumps(value, ensure_ascii=False)  # a double-quoted YAML scalar, one line
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 30)
+    return text.removesuffix("\n...\n").strip()
+
+
+def _block(value: list[Any]) -> list[str]:
+    import yaml
+
+    text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=1 << 30)
+    return text.splitlines()
 
 
 def _alerts(args: argparse.Namespace) -> int:

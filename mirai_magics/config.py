@@ -1,20 +1,31 @@
-"""Configuration: YAML layers → validated pydantic models, env overrides, one-line errors."""
+"""Configuration: YAML layers → validated pydantic models, env overrides, one-line errors.
+
+Layers, lowest first: the packaged default, the file named by ``MIRAI_CONFIG``, an explicit
+path; then the environment (``MIRAI_BASE_URL`` / ``OPENAI_BASE_URL`` → ``endpoint.base_url``).
+Mappings merge key by key and lists replace, except a mapping tagged ``!replace``
+(``models: !replace``), which replaces what the lower layers wrote there. ``origins()``
+says which layer set each effective value (``mirai check-config`` prints it).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
+from . import config_yaml
 from .config_errors import Layer, dotted, first_error, locate
 from .errors import ConfigError, UsageError
 from .redact import REDACTED, looks_like_key
 from .schema import (
+    DEFAULT_ENDPOINT,
+    ENDPOINT_NAME,
     UI,
     Alert,
     Breaker,
@@ -30,6 +41,7 @@ from .schema import (
     Limits,
     Logging,
     Metrics,
+    NamedEndpoint,
     Observability,
     Price,
     Profile,
@@ -61,6 +73,7 @@ __all__ = [
     "Limits",
     "Logging",
     "Metrics",
+    "NamedEndpoint",
     "Observability",
     "Profile",
     "Queue",
@@ -79,6 +92,8 @@ KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password",
 ENV_CONFIG = "MIRAI_CONFIG"
 ENV_BASE_URLS = ("MIRAI_BASE_URL", "OPENAI_BASE_URL")
 KEY_HINT = "set the environment variable named by security.api_key_env_var instead"
+PACKAGED, BUILT_IN = "packaged", "built-in"  # labels of origins(): also ENV_CONFIG, "path"
+Origins = dict[tuple[str, ...], str]  # path of a value in the YAML → the label of its layer
 
 
 class KeyPathError(ValueError):
@@ -90,7 +105,7 @@ class KeyPathError(ValueError):
 
 
 class Config(Strict):
-    """The whole file, in the seed's order; ``endpoint``, ``ui``, ``pricing`` are ours."""
+    """The whole file, in the seed's order; ``endpoint(s)``, ``ui``, ``pricing`` are ours."""
 
     defaults: Defaults = Defaults()
     models: dict[str, Profile]
@@ -102,12 +117,17 @@ class Config(Strict):
     security: Security = Security()
     testing: Testing = Testing()
     endpoint: Endpoint = Endpoint()
+    endpoints: dict[Annotated[str, Field(pattern=ENDPOINT_NAME)], NamedEndpoint] = Field(
+        default_factory=dict
+    )
     ui: UI = UI()
     routing: Routing = Routing()
     redis: RedisSettings = RedisSettings()
     queue: Queue = Queue()
     pricing: dict[str, Price] = Field(default_factory=dict)
     _source: str = PrivateAttr("<defaults>")
+    _layers: list[tuple[str, str, dict[str, Any]]] = PrivateAttr(default_factory=list)
+    _env: Origins = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
@@ -115,12 +135,30 @@ class Config(Strict):
             if name not in self.models:
                 raise KeyPathError(
                     ("degradation", "fallback_chain", i),
-                    f"unknown profile {name!r} (known: {', '.join(self.models)})",
+                    f"unknown profile {name!r} (known: {', '.join(self.models)}); "
+                    "the chain lists profiles of models:",
                 )
         if "main" not in self.models:
             raise KeyPathError(("models",), "a 'main' profile is required (it is the default)")
+        self._endpoints_known()
         self._routing_known()
         return self
+
+    def _endpoints_known(self) -> None:
+        """Each profile's ``endpoint`` is a name of ``endpoints:`` (``default`` is reserved)."""
+        if DEFAULT_ENDPOINT in self.endpoints:
+            raise KeyPathError(
+                ("endpoints", DEFAULT_ENDPOINT),
+                "the name is reserved for the endpoint: block (give this one another name)",
+            )
+        known = ", ".join(self.endpoints) or "none"
+        for name, profile in self.models.items():
+            if profile.endpoint is not None and profile.endpoint not in self.endpoints:
+                raise KeyPathError(
+                    ("models", name, "endpoint"),
+                    f"unknown endpoint {profile.endpoint!r} (endpoints: {known}; "
+                    "leave endpoint out for the default one)",
+                )
 
     def _routing_known(self) -> None:
         """``routing`` and ``ui.default_profile`` name real profiles; rules are regexes."""
@@ -132,7 +170,10 @@ class Config(Strict):
             )
         for name in self.routing.target:
             if name not in chat:
-                raise KeyPathError(("routing", "target", name), f"unknown profile {known}")
+                raise KeyPathError(
+                    ("routing", "target", name),
+                    f"unknown profile {known}; with models: !replace, write target: !replace",
+                )
         for name, patterns in self.routing.rules.items():
             if name not in chat:
                 raise KeyPathError(("routing", "rules", name), f"unknown profile {known}")
@@ -159,12 +200,25 @@ class Config(Strict):
         """The file the last layer came from."""
         return self._source
 
+    @property
+    def layers(self) -> list[tuple[str, str]]:
+        """(label, source) of each layer, lowest first (``("packaged", "/…/x.yaml")``)."""
+        return [(label, source) for label, source, _ in self._layers]
+
+    def origins(self) -> Origins:
+        """Which layer set each value (a path not in it: the model's built-in default)."""
+        out: Origins = {}
+        for label, _, data in self._layers:
+            _note_origins(out, data, (), label)
+        return {**out, **self._env}
+
     def profile(self, name: str) -> Profile:
         """The named profile, or a ConfigError listing the valid names."""
         try:
             return self.profiles[name]
         except KeyError:
-            raise ConfigError(*self._unknown_profile(name)) from None
+            message, hint = self._unknown_profile(name)
+            raise ConfigError(message, hint=hint) from None
 
     def chat_profile(self, name: str) -> Profile:
         """The named chat profile (what a cell or `%mirai use` may ask for), or a UsageError."""
@@ -266,18 +320,20 @@ def default_config_path() -> Path:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Packaged default → file named by $MIRAI_CONFIG → explicit ``path``; then env overrides."""
-    paths = [default_config_path()]
+    paths = [(PACKAGED, default_config_path())]
     if os.environ.get(ENV_CONFIG):
-        paths.append(Path(os.environ[ENV_CONFIG]))
+        paths.append((ENV_CONFIG, Path(os.environ[ENV_CONFIG])))
     if path is not None:
-        paths.append(Path(path))
-    return apply_env(_validate([(str(p), _read_text(p)) for p in paths]))
+        paths.append(("path", Path(path)))
+    layers = [(str(p), config_yaml.read_text(p)) for _, p in paths]
+    return apply_env(_judged(layers, [label for label, _ in paths]))
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Validate one YAML document on top of the packaged defaults (used by tests and `%mirai`)."""
     default = default_config_path()
-    return apply_env(_validate([(str(default), _read_text(default)), (source, text)]))
+    layers = [(str(default), config_yaml.read_text(default)), (source, text)]
+    return apply_env(_judged(layers, [PACKAGED, source]))
 
 
 def apply_env(config: Config) -> Config:
@@ -285,25 +341,28 @@ def apply_env(config: Config) -> Config:
     for name in ENV_BASE_URLS:
         if os.environ.get(name):
             endpoint = config.endpoint.model_copy(update={"base_url": os.environ[name]})
-            return config.model_copy(update={"endpoint": endpoint})
+            config = config.model_copy(update={"endpoint": endpoint})
+            config._env = {("endpoint", "base_url"): f"env {name}"}
+            return config
     return config
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+def _note_origins(out: Origins, node: dict[str, Any], path: tuple[str, ...], label: str) -> None:
+    """Label each value under ``node`` with ``label``; a ``!replace`` mapping first forgets
+    what lower layers wrote under it."""
+    for key, value in node.items():
+        where = (*path, str(key))
+        if isinstance(value, config_yaml.Replace):
+            for old in [p for p in out if p[: len(where)] == where]:
+                del out[old]
+        if isinstance(value, dict) and value:
+            _note_origins(out, value, where, label)
+        else:
+            out[where] = label
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
+    data = config_yaml.load(text, source)  # bounded: size, depth, alias expansion
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -312,7 +371,10 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     if secret is not None:
         where, problem = secret
         located = locate([(source, text)], where)
-        raise ConfigError(f"{located}: {dotted(where)}: {problem}", hint=KEY_HINT)
+        hint = KEY_HINT
+        if where[0] == "endpoints" and len(where) > 1:
+            hint = f"set the environment variable named by endpoints.{where[1]}.api_key_env_var"
+        raise ConfigError(f"{located}: {dotted(where)}: {problem}", hint=hint)
     return data
 
 
@@ -335,23 +397,53 @@ def _secret_in(node: Any, path: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] 
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge, except a ``!replace`` one; the rest replaces."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        merges = not isinstance(value, config_yaml.Replace)
+        if merges and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _validate(layers: list[Layer]) -> Config:
+# Layers refused before (digest of their sources and texts → message, hint): the
+# pre_run_cell hook, the magic and every later cell ask for the same broken file, and
+# each gets the verdict without a second parse. A changed file is a new digest.
+_REFUSED: OrderedDict[str, tuple[str, str]] = OrderedDict()
+MAX_REMEMBERED_REFUSALS = 16
+
+
+def _judged(layers: list[Layer], labels: list[str]) -> Config:
+    """:func:`_validate`, or the remembered ConfigError of the same layers."""
+    digest = hashlib.sha256()
+    for source, text in layers:
+        digest.update(f"{len(source)}:{source}{len(text)}:{text}".encode("utf-8", "surrogatepass"))
+    key = digest.hexdigest()
+    if key in _REFUSED:
+        message, hint = _REFUSED[key]
+        raise ConfigError(message, hint=hint)
+    try:
+        return _validate(layers, labels)
+    except ConfigError as exc:
+        _REFUSED[key] = (exc.message, exc.hint)
+        while len(_REFUSED) > MAX_REMEMBERED_REFUSALS:
+            _REFUSED.popitem(last=False)
+        raise
+
+
+def _validate(layers: list[Layer], labels: list[str]) -> Config:
     """Merge the layers in order and validate; the source of the config is the last one."""
     merged: dict[str, Any] = {}
-    for source, text in layers:
-        merged = _deep_merge(merged, _parse_yaml(text, source))
+    parsed = []
+    for (source, text), label in zip(layers, labels, strict=True):
+        data = _parse_yaml(text, source)
+        parsed.append((label, source, data))
+        merged = _deep_merge(merged, data)
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(first_error(exc, layers, Config)) from None
-    config._source = layers[-1][0]
+    config._source, config._layers = layers[-1][0], parsed
     return config

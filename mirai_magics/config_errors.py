@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .config_yaml import compose
+
 Layer = tuple[str, str]  # (source, YAML text), in the order they are merged
 
 
@@ -83,7 +85,7 @@ def locate(layers: list[Layer], loc: tuple[Any, ...]) -> str:
     the last layer that writes it; just the last file when no layer does."""
     best: tuple[int, str, int | None] = (0, layers[-1][0], None)
     for source, text in layers:
-        depth, line = _line_of(yaml.compose(text, Loader=yaml.SafeLoader), loc)
+        depth, line = _line_of(compose(text), loc)
         if line is not None and depth >= best[0]:
             best = (depth, source, line)
     _, source, line = best

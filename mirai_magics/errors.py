@@ -63,17 +63,28 @@ class ClientRequestError(MiraiError):
 
 
 class RetriesExhaustedError(MiraiError):
-    """Every attempt failed with a retryable error (or the deadline ran out)."""
+    """Every attempt failed with a retryable error (or the deadline ran out).
+
+    ``client.failures`` writes the message: the fallback chain it went down and the cause
+    (``heavy/gpt-4o → main → fast all failed: HTTP 500``), the URL it could not reach and
+    the setting that names it, or that a stream was cut mid-answer.
+    """
 
     code = "retries_exhausted"
 
-    def __init__(self, message: str, *, attempts: int, last_reason: str, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        last_reason: str,
+        status: int | None = None,
+        hint: str | None = None,
+    ):
         self.attempts = attempts
         self.last_reason = last_reason
         self.status = status
-        super().__init__(
-            message, hint="the service is struggling; wait a minute or try a lighter profile"
-        )
+        super().__init__(message, hint=hint or "wait a minute, or try another profile")
 
 
 class ContextTooLongError(MiraiError):
@@ -105,6 +116,26 @@ class UsageError(MiraiError):
     """The magic was called with arguments it does not understand."""
 
     code = "usage_error"
+
+
+class CallInterrupted(KeyboardInterrupt):
+    """The user interrupted a call (the kernel's stop button, Ctrl-C).
+
+    Still a KeyboardInterrupt, so Run All stops at this cell, but IPython shows one line
+    (``_render_traceback_``) instead of a traceback through the engine's internals.
+    """
+
+    code = "cancelled"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"[mirai] ✗ {self.message}"]
 
 
 def _client_hint(status: int | None) -> str:

@@ -1,8 +1,14 @@
-"""Conversation history: the session's user/assistant turns, trimmed to a message budget."""
+"""Conversation history: the session's user/assistant turns, trimmed to a message budget.
+
+Turns are stored redacted (``redact.redact_all``): a secret the user interpolated into one
+prompt on purpose is sent with that prompt, never again with the history of later ones.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .redact import redact_all
 
 Message = dict[str, Any]
 
@@ -30,9 +36,10 @@ class History:
         return [dict(m) for m in trim(self._messages, size)]
 
     def append_turn(self, user: str, assistant: str) -> None:
+        """Keep one successful turn, secrets redacted."""
         self._messages += [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": assistant},
+            {"role": "user", "content": redact_all(user)},
+            {"role": "assistant", "content": redact_all(assistant)},
         ]
         self._messages = trim(self._messages, self.max_messages)
 

@@ -3,6 +3,8 @@
 Tokens are counted here once per call (the system prompt against its budget, every
 message for the request's pre-flight estimate) and handed to the client with the messages.
 The memory block's message is marked by its type (``MemoryBlock``), never by its text.
+Images (``images.ImagePart``, from ``{fig}`` or ``--image``) become image parts of the user
+message where their tokens sit in the text; the history keeps ``[image 800×600]`` instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ContextTooLongError
-from .tokens import PER_MESSAGE, count_text, message_text
+from .images import ImagePart, content, count_flag, placeholder_text
+from .tokens import PER_MESSAGE, count_text, message_image_tokens, message_text
 
 FORMAT_INSTRUCTIONS = {
     "markdown": "",
@@ -69,7 +72,7 @@ def build_messages(
     *,
     system: str,
     history: list[dict[str, Any]],
-    user: str,
+    user: str | list[dict[str, Any]],
     memory_block: str = "",
     max_system_tokens: int = 1500,
 ) -> Prompt:
@@ -91,7 +94,7 @@ def build_messages(
         rest.insert(0, {"role": "system", "content": MemoryBlock(memory_block)})
     for message in rest:
         n, was_exact = count_text(message_text(message))
-        tokens += n + PER_MESSAGE
+        tokens += n + PER_MESSAGE + message_image_tokens(message)
         exact = exact and was_exact
     messages.extend(rest)
     return Prompt(messages, tokens, system_tokens, exact)
@@ -104,25 +107,29 @@ def prepare(
     history: list[dict[str, Any]],
     memory_block: str = "",
     flags: list[str] | None = None,
+    images: list[ImagePart] | None = None,
 ) -> Prepared:
     """A cell's request (``ui.cell.CellRequest``) → the messages to send, counted once.
 
     ``context`` is the config's ``context`` section; ``history`` the window to send (already
-    trimmed); ``memory_block`` and ``flags`` what the notebook memory found for ``text``.
+    trimmed); ``memory_block`` and ``flags`` what the notebook memory found for ``text``;
+    ``images`` go where their tokens are in ``text`` (the rest after it), at ``request.detail``.
     """
+    images = list(images or [])
+    detail = getattr(request, "detail", None) or "auto"
     prompt = build_messages(
         system=system_prompt(context.system_prompt, request.system, request.fmt),
         history=history,
-        user=text,
+        user=content(text, images, detail),
         memory_block=memory_block,
         max_system_tokens=context.system_prompt_max_tokens,
     )
     return Prepared(
-        user_text=text,
+        user_text=placeholder_text(text, images),
         messages=prompt.messages,
         profile=request.profile,
         overrides=request.overrides,
         keep_history=request.history,
         prompt_tokens=prompt.tokens,
-        flags=list(flags or []),
+        flags=[*(flags or []), *([count_flag(len(images))] if images else [])],
     )

@@ -179,12 +179,11 @@ class Replay:
 
 
 def open_cassette(path: Path) -> sqlite3.Connection:
-    """A read-only connection to a call log or cassette; ConfigError when it is missing."""
+    """A read-only connection to a call log or cassette; ConfigError when it is missing,
+    a directory or not a file."""
     if not path.is_file():
-        raise ConfigError(
-            f"replay file {path} does not exist",
-            hint="record one with MIRAI_RECORD=path, or fix the path",
-        )
+        message, hint = _not_a_file(path)
+        raise ConfigError(message, hint=hint)
     conn = sqlite3.connect(
         f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
     )
@@ -197,6 +196,20 @@ def open_cassette(path: Path) -> sqlite3.Connection:
             hint="point MIRAI_REPLAY or `%mirai replay` at a file written by MIRAI_RECORD",
         ) from None
     return conn
+
+
+def _not_a_file(path: Path) -> tuple[str, str]:
+    """Why ``path`` cannot be replayed from, and what to do (message, hint)."""
+    if path.is_dir():
+        found = [p for p in sorted(path.glob("*.sqlite")) if p.name != "memory.sqlite"]
+        example = f" (e.g. {found[0]})" if found else ""
+        return f"replay path {path} is a directory", f"name the recording file in it{example}"
+    if path.exists():
+        return f"replay path {path} is not a file", "name a file written by MIRAI_RECORD"
+    return (
+        f"replay file {path} does not exist",
+        "record one with MIRAI_RECORD=path, or fix the path",
+    )
 
 
 def _fill(record: Any, found: Recording) -> None:

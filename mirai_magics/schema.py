@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .redact import DEFAULT_ASSIGNMENT_NAMES
+
 REASONING_PREFIXES = ("o1", "o3", "o4")
 EMBEDDING_PREFIXES = ("text-embedding", "embedding")
 
@@ -71,6 +73,8 @@ class Profile(Strict):
     max_retries: int | None = Field(None, ge=1, le=20)
     use_cases: list[str] = []
     canary: Canary | None = None
+    endpoint: str | None = None  # a name of ``endpoints:``; None: the default ``endpoint:``
+    vision: bool = True  # false: the model takes no image parts (a cell with one is refused)
 
     @model_validator(mode="after")
     def _limits(self) -> Profile:
@@ -138,10 +142,19 @@ class TokenLimits(Strict):
     per_request_max: int = Field(4096, ge=1)  # output tokens one request may ask for
 
 
+class BudgetUsd(Strict):
+    """``limits.budget_usd``: USD caps checked before a call is sent (null: no cap); see
+    ``client/spend.py``. ``per_day`` is this machine's calendar day, from the call log."""
+
+    per_session: float | None = Field(None, ge=0)
+    per_day: float | None = Field(None, ge=0)
+
+
 class Limits(Strict):
     concurrency: Concurrency = Concurrency()
     tokens: TokenLimits = TokenLimits()
     rps: Rps = Rps()
+    budget_usd: BudgetUsd = BudgetUsd()
     max_wait_s: float = Field(10, ge=0)
     # local: budgets, RPS windows and breakers per process; redis: shared by every kernel
     # and worker of ``redis.url`` (evenly spaced sends in Lua, keys namespaced and expiring)
@@ -238,6 +251,7 @@ class Rag(Strict):
     update_strategy: Literal["diff", "full"] = "diff"  # diff: only changed cells re-embedded
     vector_store: str = "usearch"  # anything else is accepted with a notice: usearch is used
     dir: str = ".mirai"
+    scope: Literal["notebook", "folder"] = "notebook"  # whose cells come back (memory/identity.py)
     embedder: Literal["auto", "local", "openai"] = "auto"
     local_dims: int = Field(256, ge=8, le=4096)
     top_k: int = Field(4, ge=0, le=100)
@@ -250,6 +264,7 @@ class Rag(Strict):
 class Context(Strict):
     max_history_messages: int = Field(12, ge=0)
     system_prompt_max_tokens: int = Field(1500, ge=1)
+    image_max_side: int = Field(1024, ge=16, le=8192)  # images are scaled down to fit
     rag: Rag = Rag()
     system_prompt: str = "You are a concise assistant inside a Jupyter notebook."
 
@@ -352,6 +367,11 @@ class Security(Strict):
     rotation_interval_days: float = Field(90, gt=0)
     sandbox: Sandbox = Sandbox()
     redact_env_names: list[str] = ["KEY", "TOKEN", "SECRET", "PASSWORD"]
+    # Names whose values are redacted in code, JSON, YAML, env files and URLs (redact.py):
+    # a plain word matches a name ending in it, a `*` pattern by glob with a key-like value.
+    redact_assignments: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\-]+$")]] = list(
+        DEFAULT_ASSIGNMENT_NAMES
+    )
 
     @model_validator(mode="after")
     def _no_secret_into_sandbox(self) -> Security:
@@ -373,8 +393,43 @@ def secret_name_reason(name: str, redact_parts: list[str] | tuple[str, ...], key
 
 
 class Endpoint(Strict):
+    """``endpoint``: the default endpoint, of every profile without ``endpoint:``; its key is
+    ``security.api_key_env_var`` (MIRAI_BASE_URL / OPENAI_BASE_URL override ``base_url``)."""
+
     base_url: str | None = None
     organization: str | None = None
+
+
+DEFAULT_ENDPOINT = "default"  # the name of the ``endpoint:`` block (reserved in ``endpoints:``)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENDPOINT_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+
+
+class NamedEndpoint(Strict):
+    """One entry of ``endpoints:``, used by the profiles that say ``endpoint: NAME``.
+
+    ``api_key_env_var: null`` is a server that needs no key (Ollama, vLLM without --api-key):
+    ``EMPTY`` is sent. ``api_version`` makes it Azure's classic form: ``base_url`` is the
+    resource (``https://RES.openai.azure.com``), calls go to
+    ``/openai/deployments/{model}/…?api-version=…`` with an ``api-key`` header, and a
+    profile's ``name`` is the deployment. Azure's ``/openai/v1/`` form is a plain base URL.
+    """
+
+    base_url: str = Field(min_length=1)
+    api_key_env_var: str | None = Field(None, pattern=ENV_NAME)
+    organization: str | None = None
+    default_headers: dict[str, str] = {}  # sent with every request (never a key: use the env)
+    default_query: dict[str, str] = {}  # added to every URL, e.g. {api-version: preview}
+    api_version: str | None = Field(None, min_length=1)  # Azure classic (deployments) form
+
+    @model_validator(mode="after")
+    def _azure_form(self) -> NamedEndpoint:
+        if self.api_version is not None and "/openai/v1" in self.base_url:
+            raise ValueError(
+                "api_version is for Azure's classic form (base_url: the resource URL); "
+                "the /openai/v1/ form takes none (drop api_version)"
+            )
+        return self
 
 
 class UI(Strict):
@@ -393,8 +448,11 @@ class Routing(Strict):
 
 
 class Price(Strict):
+    """One entry of ``pricing:``, USD per million tokens; it wins over genai-prices' price
+    (and over the 0 of a keyless, local endpoint), see ``pricing.py``."""
+
     input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    output: float = Field(0, ge=0)  # embeddings have no output tokens
 
 
 class GoldenPrompts(Strict):

@@ -1,39 +1,59 @@
 """The composition root: builds a notebook's parts from the config and hands them out.
 
 ``Session`` builds the engine thread, history, quota policy, canaries, telemetry, call logs
-and replay, the SDK client (lazily, on the engine thread) and the notebook memory (lazily).
+and replay, the endpoints and their SDK clients (lazily, on the engine thread) and the
+notebook memory (lazily).
 Everything derived from the config goes through ``_apply``, so ``reload`` rebuilds it all
 the same way construction did. It assembles no prompts (``prompt.py``) and keeps no UI
-state (the magics do); ``chat``/``stream_chat``/``embed`` are a sync facade over the engine.
+state (the magics do); ``chat``/``stream_chat``/``embed`` are a sync facade over the engine,
+``achat`` its awaitable twin for asyncio code. Nothing here imports IPython: a Session works
+in a plain script.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
-from .client.endpoint import Endpoint, session_user
-from .client.loop import EngineLoop, StreamRestart, stream
+from .client.endpoint import Endpoint, Endpoints, session_user
+from .client.loop import EngineLoop, StreamRestart, responsive, stream
 from .client.observers import Collect
 from .client.records import CallRecord, Reply
 from .config import Config, load_config
+from .errors import ConfigError
 from .history import History
 from .prompt import Prepared, prepare
+from .redact import configure as configure_redaction
+from .redact import redact_all, remember_interpolated
 
 __all__ = ["Session", "StreamRestart"]
+T = TypeVar("T")
 
 
 class Session:
-    """One notebook's engine: ``chat``/``stream_chat``/``embed`` from plain (kernel) code.
+    """One notebook's engine: ``chat``/``stream_chat``/``embed`` from plain (kernel) code,
+    ``await achat(...)`` from asyncio code.
 
-    ``memory`` (None: as configured) is the notebook's switch over ``context.rag.enabled``
+    ``config``: None (the packaged config, then the file named by ``MIRAI_CONFIG``), a path
+    to a YAML file (layered on top the same way; ``reload`` re-reads it) or a ``Config``
+    (YAML text: ``Session(parse_config(text))``, from ``mirai_magics.config``). ``memory``
+    (None: as configured) is the notebook's switch over ``context.rag.enabled``
     (``%config MiraiMagics.memory_enabled``); it governs indexing and retrieval alike.
+    ``close()`` (or ``with Session() as s:``) stops its thread and offline server.
+
+    >>> from mirai_magics import Session
+    >>> with Session() as session:
+    ...     reply = session.chat("Say hello.", profile="fast")
+    >>> reply.record.profile, reply.text.startswith("**Offline answer**")
+    ('fast', True)
     """
 
     def __init__(
         self,
-        config: Config | None = None,
+        config: Config | str | os.PathLike[str] | None = None,
         *,
         config_path: str | None = None,
         memory: bool | None = None,
@@ -42,6 +62,8 @@ class Session:
     ):
         from .replay import replay_from_env
 
+        if config is not None and not isinstance(config, Config):
+            config_path, config = _config_path(config, config_path), None
         self.config_path, self.memory_switch = config_path, memory
         self._clock, self._sleep = clock, sleep
         self.engine = EngineLoop()
@@ -55,7 +77,8 @@ class Session:
         self.replay: Any = replay_from_env()  # MIRAI_REPLAY, or `%mirai replay PATH`
         self._client: Any = None
         self._client_lock = threading.Lock()
-        self.endpoint: Endpoint | None = None
+        self.endpoints: Endpoints | None = None  # the default one and each of ``endpoints:``
+        self.endpoint: Endpoint | None = None  # the default one (``endpoint:``)
         self._memory: Any = None
         self._jobs: Any = None
         self._apply(config or load_config(config_path))
@@ -75,7 +98,9 @@ class Session:
 
         self._close_client()  # endpoint, key and organization are read when it is rebuilt
         old, self.config = getattr(self, "config", None), config
-        self.endpoint = Endpoint(config, previous=self.endpoint)
+        configure_redaction(config.security.redact_assignments, config.security.redact_env_names)
+        self.endpoints = Endpoints(config, previous=self.endpoints)
+        self.endpoint = self.endpoints.default
         self.history.max_messages = config.context.max_history_messages
         if self.policy is None or quota_settings(old) != quota_settings(config):
             kwargs = {k: v for k, v in (("clock", self._clock), ("sleep", self._sleep)) if v}
@@ -127,6 +152,7 @@ class Session:
             user=self.user,
             rekey=self.endpoint.rotate,  # a 401 re-reads the key from the environment
             canaries=self.canaries,
+            endpoints=self.endpoints,  # the named endpoints' SDK clients, on first use
         )
         client.replay = self.replay
         return client
@@ -162,10 +188,35 @@ class Session:
     # --- sync facade ----------------------------------------------------------------
 
     def chat(
-        self, messages: list[dict[str, Any]], profile: str = "main", **overrides: Any
+        self,
+        messages: list[dict[str, Any]] | str,
+        profile: str = "main",
+        *,
+        tools: list[Any] | None = None,
+        **overrides: Any,
     ) -> Reply:
-        """Send ``messages`` with ``profile``; returns Reply(text, record) or raises MiraiError."""
-        return self.engine.run(self.client.chat(messages, profile, **overrides))
+        """Send ``messages`` (or one prompt) with ``profile``; returns Reply(text, record) or
+        raises MiraiError. ``tools``: Python functions or JSON specs (``tools.tool_specs``);
+        the calls the model asks for are in ``reply.tool_calls`` (nothing runs them)."""
+        overrides = _with_tools(overrides, tools)
+        return self.engine.run(self.client.chat(_messages(messages), profile, **overrides))
+
+    async def achat(
+        self,
+        messages: list[dict[str, Any]] | str,
+        profile: str = "main",
+        *,
+        tools: list[Any] | None = None,
+        **overrides: Any,
+    ) -> Reply:
+        """``chat`` for asyncio code: awaitable from any running loop (the call runs on the
+        engine's); cancelling the awaiting task cancels the call and waits until it ended."""
+        overrides = _with_tools(overrides, tools)
+        client = self._client
+        if client is None:  # built on first use; not on the caller's loop, which it would block
+            client = await asyncio.to_thread(lambda: self.client)
+        call = client.chat(_messages(messages), profile, **overrides)
+        return await _on_engine(self.engine, call)
 
     def stream_chat(
         self, messages: list[dict[str, Any]], profile: str = "main", **overrides: Any
@@ -183,7 +234,15 @@ class Session:
         return vectors
 
     def prepare(self, text: str, request: Any) -> Prepared:
-        """The cell's messages (see ``prompt.prepare``) with this session's history and memory."""
+        """The cell's messages (see ``prompt.prepare``) with this session's history and memory.
+
+        A secret the user interpolated on purpose (``{db_password}``: ``text`` from
+        ``ui.interpolate`` lists what it filled in) is sent as asked, and from now on redacted
+        from everything stored and from the context of later calls. The memory block is
+        redacted here too (rows stored before a rule existed, values remembered since); the
+        history was redacted when it was stored.
+        """
+        remember_interpolated(getattr(text, "references", ()))
         history: list[dict[str, Any]] = []
         if request.history:  # error_rate_5percent sends less
             history = self.history.window(self.policy.history_limit(self.history.max_messages))
@@ -193,8 +252,20 @@ class Session:
                 flags = ["memory: off (replay)"]  # recordings are hashed without memory
             else:
                 block, flags = self.memory.prompt_context(text, request.top_k)
+                block = redact_all(block)
         flags = [*flags, *self.endpoint.badge_flags()]  # a stale key, once
-        return prepare(text, request, self.config.context, history, block, flags)
+        images, flags = self._images(text, request, flags)
+        return prepare(str(text), request, self.config.context, history, block, flags, images)
+
+    def _images(self, text: str, request: Any, flags: list[str]) -> tuple[list[Any], list[str]]:
+        """The cell's images (``{fig}``, ``--image``) and the profile that can see them."""
+        from .vision import cell_images, vision_profile
+
+        images = cell_images(text, request, self.config.context.image_max_side)
+        if images:
+            request.profile, note = vision_profile(self.config, request.profile)
+            flags = [*flags, *([note] if note else [])]
+        return images, flags
 
     # --- status ---------------------------------------------------------------------------
 
@@ -211,7 +282,7 @@ class Session:
             rows.extend(self.engine.run(self.policy.shared_rows(self.user)))
         rows.extend(self.canaries.status_rows())
         rows.extend(self.telemetry.status_rows())
-        rows.extend(self.endpoint.status_rows())
+        rows.extend(self.endpoints.status_rows())
         if self._jobs is not None:
             rows.extend(self._jobs.status_rows())
         for part in self.status_sources:
@@ -248,7 +319,7 @@ class Session:
     def _close_client(self) -> None:
         client, self._client = self._client, None
         if client is not None and self.engine.running:
-            self.engine.run(client.sdk.close())
+            self.engine.run(client.aclose())
 
     def _close_policy(self) -> None:
         """Close the Redis connections of a policy about to be replaced (or of the session)."""
@@ -271,7 +342,7 @@ class Session:
                 self._memory.close()
         finally:
             self.engine.stop()
-            self.endpoint.close()
+            self.endpoints.close()
 
     def __enter__(self) -> Session:
         return self
@@ -282,3 +353,58 @@ class Session:
 
 async def _list_models(sdk: Any) -> None:
     await sdk.models.list()
+
+
+def _config_path(config: Any, config_path: str | None) -> str:
+    """``Session(path)``: the path; YAML text, another type or a second path is one line."""
+    if not isinstance(config, str | os.PathLike) or "\n" in str(config):
+        raise ConfigError(
+            f"Session(config=…) takes a Config or a file path, not {type(config).__name__}"
+            + (" holding YAML text" if isinstance(config, str) else ""),
+            hint="pass parse_config(text) (from mirai_magics.config) or a path to a YAML file",
+        )
+    if config_path is not None:
+        raise ConfigError("Session got both config and config_path", hint="pass one of them")
+    return os.fspath(config)
+
+
+def _with_tools(overrides: dict[str, Any], tools: list[Any] | None) -> dict[str, Any]:
+    """``overrides`` with ``tools`` as the JSON specs the API takes (none: unchanged)."""
+    if not tools:
+        return overrides
+    from .tools import tool_specs
+
+    return {**overrides, "tools": tool_specs(tools)}
+
+
+def _messages(messages: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
+    """A list of chat messages as given; one prompt string as one user message."""
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+
+
+async def _on_engine(engine: EngineLoop, call: Coroutine[Any, Any, T]) -> T:
+    """Await ``call`` on the engine loop from the caller's own loop. A cancelled caller
+    cancels it there and returns once it has ended (its record then says so), as
+    ``Job.cancel`` does for a waiting thread."""
+    running: list[asyncio.Task[T]] = []
+
+    async def run() -> T:
+        running.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await call
+
+    def cancel() -> None:  # on the engine loop, after the task was created
+        if running:
+            running[0].cancel()
+        else:  # created, not started: it never runs its call
+            call.close()
+            future.cancel()
+
+    future = asyncio.run_coroutine_threadsafe(run(), engine.loop)
+    waited = asyncio.wrap_future(future)
+    try:
+        with responsive():
+            return await asyncio.shield(waited)
+    except asyncio.CancelledError:
+        engine.loop.call_soon_threadsafe(cancel)
+        await asyncio.wait([waited])  # until the engine's task has ended; its outcome is moot
+        raise

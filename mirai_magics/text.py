@@ -31,9 +31,14 @@ def json_problem(exc: json.JSONDecodeError) -> str:
     return f"invalid JSON from the model: {exc.msg} (line {exc.lineno})"
 
 
-def parse_json(text: str) -> Any:
-    """Parse an answer as JSON, tolerating one surrounding code fence."""
+def json_text(text: str) -> str:
+    """The JSON of an answer: its text without one surrounding code fence."""
     stripped = text.strip()
     if stripped.startswith("```"):
         stripped = extract_code(stripped) or stripped
-    return json.loads(stripped)
+    return stripped
+
+
+def parse_json(text: str) -> Any:
+    """Parse an answer as JSON, tolerating one surrounding code fence."""
+    return json.loads(json_text(text))

@@ -1,4 +1,9 @@
-"""Token counting: tiktoken when its encoding is already on disk, else a labelled estimate."""
+"""Token counting: tiktoken when its encoding is already on disk, else a labelled estimate.
+
+Image parts count by OpenAI's published tile rule (``image_tokens``): 85 at ``low``; at
+``high``/``auto`` the image is scaled to fit 2048×2048, then its shortest side to 768, and
+each 512-px tile costs 170 on top of the base 85.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +42,38 @@ def count_messages(messages: Iterable[dict[str, Any]]) -> tuple[int, bool]:
     total, exact = 3, True
     for message in messages:
         n, was_exact = count_text(message_text(message))
-        total += n + PER_MESSAGE
+        total += n + PER_MESSAGE + message_image_tokens(message)
         exact = exact and was_exact
     return total, exact
+
+
+IMAGE_BASE, IMAGE_TILE = 85, 170
+UNKNOWN_IMAGE = (1024, 1024)  # an http URL's size is not known before the API fetches it
+
+
+def image_tokens(width: int, height: int, detail: str = "auto") -> int:
+    """Tokens one image costs at ``detail`` (OpenAI's tile rule)."""
+    if detail == "low":
+        return IMAGE_BASE
+    scale = min(1.0, 2048 / max(width, height))
+    width, height = width * scale, height * scale
+    scale = min(1.0, 768 / min(width, height))
+    width, height = width * scale, height * scale
+    return IMAGE_BASE + IMAGE_TILE * math.ceil(width / 512) * math.ceil(height / 512)
+
+
+def message_image_tokens(message: dict[str, Any]) -> int:
+    """Tokens of the image parts of one message (sizes read from their data URLs)."""
+    from .images import decode_data_url, image_urls
+
+    total = 0
+    for url, detail in image_urls([message]):
+        try:
+            _data, _fmt, width, height = decode_data_url(url)
+        except ValueError:
+            width, height = UNKNOWN_IMAGE
+        total += image_tokens(width, height, detail)
+    return total
 
 
 def message_text(message: dict[str, Any]) -> str:

@@ -57,7 +57,7 @@ def test_every_subcommand_has_a_usage_page():
     [
         (["log", "-h"], "usage: %mirai log [-n N] [--json]\n\nThe last calls in the call log"),
         (["memory", "--help"], "usage: %mirai memory search|stats|forget|rebuild|learn …"),
-        (["memory", "search", "x", "-h"], "usage: %mirai memory search [-k N] [QUERY ...]"),
+        (["memory", "search", "x", "-h"], "usage: %mirai memory search [-k N] [--all] [QUERY ...]"),
         (["metrics", "-h"], "  --port N  0 picks a free port"),
         (["help", "replay"], "usage: %mirai replay [--fallthrough] PATH|off|status"),
         (["-h"], "  status   Calls, errors, retries, latency, breakers, budgets"),
@@ -78,6 +78,7 @@ def test_parsed_arguments_keep_the_old_spellings():
     assert parse("memory", "search", "sales", "-k", "3", "per region") == {
         "query": ["sales", "per region"],
         "k": 3,
+        "all": False,
     }
     assert parse("replay", "off", "--fallthrough") == {"target": "off", "fallthrough": True}
 
@@ -88,8 +89,8 @@ def test_parsed_arguments_keep_the_old_spellings():
         (["frobnicate"], "unknown command 'frobnicate' — usage: %mirai status|use|config|"),
         (["memory", "nope"], "unknown memory command 'nope' — usage: %mirai memory search|"),
         (["log", "--bogus"], "unrecognized arguments: --bogus — usage: %mirai log [-n N] [--json]"),
-        (["log", "-n", "-3"], "argument -n/--limit: needs a whole number, got '-3'"),
-        (["metrics", "--port", "x"], "argument --port: needs a number 0–65535, got 'x' — usage"),
+        (["log", "-n", "-3"], "-n needs a whole number, got '-3'"),
+        (["metrics", "--port", "x"], "--port needs a number 0–65535, got 'x' — usage"),
         (["use"], "the following arguments are required: PROFILE — usage: %mirai use PROFILE"),
         (["status", "extra"], "unrecognized arguments: extra — usage: %mirai status"),
         (["help", "log", "more"], "log has no subcommands — usage: %mirai log"),

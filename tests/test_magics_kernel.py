@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from mirai_magics.server import OfflineServer
 pytestmark = pytest.mark.kernel
 KEY = "sk-test-magics-0123456789abcdef"
 TEST_CONFIG = """
-defaults: {timeout_s: 0.5, max_retries: 2, backoff: {base_ms: 10, max_ms: 20}}
+defaults: {timeout_s: 2, max_retries: 2, backoff: {base_ms: 10, max_ms: 20}}  # a whole stream fits
 context: {rag: {enabled: false}}
 """
 
@@ -133,7 +132,7 @@ def test_formats_text_code_json(kernel, server):
     r = kernel.run("%%mirai --format json --no-history --out js\ngive json")
     assert last_body(server)["response_format"] == {"type": "json_object"}
     assert r.data("application/json")[0]["offline"] is True
-    assert json.loads(kernel.run("print(js)").text)["offline"] is True
+    assert kernel.run("print(type(js).__name__, js['offline'])").text.split() == ["dict", "True"]
 
 
 def test_history_is_trimmed_to_12_and_no_history_sends_and_stores_none(kernel, server):
@@ -154,7 +153,7 @@ def test_history_is_trimmed_to_12_and_no_history_sends_and_stores_none(kernel, s
     [
         ({"force_status": 401}, "HTTP 401"),
         ({"force_status": 400}, "HTTP 400"),
-        ({"hang": True}, "timed out after 2 attempt(s)"),
+        ({"hang": True}, "no complete answer within 2 s (defaults.timeout_s) after 2 attempt(s)"),
     ],
 )
 def test_errors_are_one_red_line_kernel_alive_history_unchanged(kernel, server, faults, expected):
@@ -205,7 +204,7 @@ def test_line_commands_print_their_usage_and_refuse_bad_arguments_in_one_line(ke
     assert "  forget   Drop one cell" in kernel.run("%mirai memory -h").text
     for line, shown in [
         ("%mirai log --bogus", "unrecognized arguments: --bogus — usage: %mirai log [-n N]"),
-        ("%mirai metrics --port x", "argument --port: needs a number 0–65535, got 'x'"),
+        ("%mirai metrics --port x", "--port needs a number 0–65535, got 'x'"),
         ("%mirai memory frobnicate", "unknown memory command 'frobnicate' — usage: %mirai memory"),
     ]:
         r = kernel.run(line)
@@ -215,7 +214,7 @@ def test_line_commands_print_their_usage_and_refuse_bad_arguments_in_one_line(ke
 
 
 def test_streaming_on_updates_one_handle_and_off_displays_once(kernel, server):
-    server.set_faults(stream_delay_ms=60)
+    server.set_faults(stream_delay_ms=20)  # the whole stream within timeout_s (2 s)
     streamed = kernel.run("%%mirai --stream --no-history\nstream this")
     updates = streamed.of_type("update_display_data")
     assert len(updates) >= 2
@@ -287,7 +286,7 @@ def test_interrupt_during_stream_cancels_cleanly(kernel, server):
     time.sleep(0.5)  # let the first chunks arrive
     kernel.interrupt()
     r = kernel.collect(msg_id, timeout=30)
-    assert r.reply["status"] == "error" and r.reply["ename"] == "KeyboardInterrupt"
+    assert r.reply["status"] == "error" and r.reply["ename"] == "CallInterrupted"
     while server.stats_snapshot()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.stats_snapshot()["in_flight"] == 0  # the stream's connection was closed

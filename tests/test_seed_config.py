@@ -605,7 +605,9 @@ def test_the_variants_per_profile_timeouts(variant_path, monkeypatch, clock, sle
                 (lambda: session.chat(HELLO, "reasoning"), 2, 2.0, 3.0),
             ):
                 started = time.monotonic()
-                with pytest.raises(RetriesExhaustedError, match=f"timed out after {attempts} "):
+                with pytest.raises(
+                    RetriesExhaustedError, match=f"within .* after {attempts} attempt"
+                ):
                     call()
                 elapsed = time.monotonic() - started
                 assert low * 0.95 <= elapsed < high, (attempts, elapsed)

@@ -98,7 +98,9 @@ def test_an_old_call_log_gains_the_version_columns(tmp_path):
 
 
 def test_a_dated_model_is_priced_as_its_undated_name_unless_listed():
-    config = parse_config("pricing: {gpt-4o-2024-11-20: {input: 1.0, output: 2.0}}")
+    config = parse_config(
+        "pricing: {gpt-4o: {input: 2.5, output: 10}, gpt-4o-2024-11-20: {input: 1.0, output: 2.0}}"
+    )
     prices = config.pricing
     assert undated("gpt-4o-2024-08-06") == "gpt-4o" and undated("o1-preview") == "o1-preview"
     assert price_for("gpt-4o-2024-08-06", prices) is prices["gpt-4o"]

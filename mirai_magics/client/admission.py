@@ -14,6 +14,10 @@ and a ``redis_down`` degradation on the badge.
 
 Background work (batch items, background cells, memory indexing) waits for budget instead
 of failing for it and never takes a rate slot ahead of an interactive call of its process.
+
+Money comes last: with the tokens reserved, ``policy.spend`` holds the call's worst-case cost
+against ``limits.budget_usd`` (a refusal gives the tokens back, and locally the rate token;
+a Redis rate slot stays used) and settles it with the real cost on exit.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import QuotaExceededError, RedisUnavailableError
 from .limits import Reservation
 from .records import CallRecord
+from .spend import Hold
 
 if TYPE_CHECKING:
     from .shared_limits import SharedLimits
@@ -54,13 +59,14 @@ class Admission:
     ``policy`` is the ``Policy`` that made it (untyped here: policy.py imports this module).
     """
 
-    __slots__ = ("background", "kind", "policy", "record", "reservation", "slots")
+    __slots__ = ("background", "hold", "kind", "policy", "record", "reservation", "slots")
 
     def __init__(self, policy: Any, kind: str, record: CallRecord, background: bool):
         self.policy, self.kind, self.record = policy, kind, record
         self.background = background
         self.slots = policy.slots.hold(kind, background)
         self.reservation: Reservation | SharedReservation | None = None
+        self.hold: Hold | None = None
 
     async def __aenter__(self) -> Admission:
         policy, record = self.policy, self.record
@@ -79,6 +85,7 @@ class Admission:
                     await self._shared(shared)
                 except RedisUnavailableError as exc:
                     policy.redis_down(exc, record)  # raises unless on_redis_down: local
+            await self._hold_money()
         except BaseException:
             await self.slots.__aexit__(None, None, None)
             raise
@@ -86,14 +93,28 @@ class Admission:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
-            record, held = self.record, self.reservation
-            used = (record.tokens_in or 0) + (record.tokens_out or 0)
-            if isinstance(held, SharedReservation):
-                await held.settle(used)
-            elif held is not None:
-                held.settle(used)
+            record = self.record
+            await self._settle_tokens((record.tokens_in or 0) + (record.tokens_out or 0))
+            self.policy.spend.settle(self.hold, record, failed=exc[0] is not None)
         finally:
             await self.slots.__aexit__(None, None, None)
+
+    async def _settle_tokens(self, used: int) -> None:
+        held = self.reservation
+        if isinstance(held, SharedReservation):
+            await held.settle(used)
+        elif held is not None:
+            held.settle(used)
+
+    async def _hold_money(self) -> None:
+        """Hold the call's worst-case cost, or refuse it with its tokens given back."""
+        try:
+            self.hold = self.policy.spend.hold(self.record)
+        except QuotaExceededError as exc:
+            await self._settle_tokens(0)
+            if not isinstance(self.reservation, SharedReservation):
+                self.policy.buckets[self.kind].refund()  # nothing was sent on it
+            raise self.policy._rejected(self.record, exc) from None
 
     async def again(self) -> None:
         """Before a retry: in Redis mode the attempt takes a slot of the shared window too."""

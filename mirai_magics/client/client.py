@@ -1,4 +1,14 @@
-"""The resilient async core: breaker → attempt with timeout → classify → retry → fallback."""
+"""The resilient async core: breaker → attempt with timeout → classify → retry → fallback.
+
+A call runs inside its deadline and each attempt inside its timeout, both end to end on the
+event loop (see ``deadline``): a server that keeps dripping bytes cannot hold a call.
+
+Each profile goes to its own endpoint (``endpoint: NAME``; none: the default one) through
+that endpoint's SDK client, built on first use; breakers are per (endpoint, model). The
+fallback chain may cross endpoints: 429s, 5xx and an open breaker hand over to the next
+profile; timeouts and connection errors, which hit a whole endpoint, to the next profile
+on another endpoint (``heavy → main → local-llama``: an OpenAI outage ends at local-llama).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -16,6 +27,8 @@ from ..telemetry.tracing import traced_call
 from ..tokens import count_messages, count_text, message_text
 from .breaker import CircuitBreaker
 from .canary import Canaries
+from .deadline import DEADLINE_SETTING, Deadline, bounded
+from .endpoint import SdkClients
 from .failures import as_mirai_error, fallback_reason
 from .keys import KEY_ROTATED
 from .observers import Observer
@@ -26,7 +39,11 @@ from .routing import AUTO, Router
 
 OFFLINE_FINGERPRINT = "mirai-offline"
 RESTART = object()  # sent to on_text when a stream is retried after partial output
+SDK_TIMEOUT_SLACK_S = 0.5  # httpx's per-read timeout is a backstop behind our own bound
+CUT_BY_DEADLINE = Outcome("timeout", retryable=True, counts_for_breaker=True)
+ENDPOINT_WIDE = ("connection", "timeout")  # failures that fall back to another endpoint only
 TextSink = Callable[[Any], None]
+TOOL_PARAMS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 class _Shown:
@@ -47,6 +64,33 @@ class _Shown:
         self.emitted = False
 
 
+@dataclass
+class _Call:
+    """What every profile of one chat call's fallback chain shares."""
+
+    record: CallRecord
+    messages: list[dict[str, Any]]
+    estimate: int  # the messages' tokens
+    overrides: dict[str, Any]
+    shown: _Shown
+    deadline: Deadline
+    background: bool
+
+
+def next_hop(exc: MiraiError, endpoints: list[str | None], index: int) -> tuple[str, int] | None:
+    """Why and to which candidate (by index; ``endpoints``: each candidate's) the failed one
+    hands over, or None: the next one, or after a failure of its whole endpoint (timeout,
+    connection) the next one on another endpoint."""
+    reason, later = fallback_reason(exc), range(index + 1, len(endpoints))
+    if reason is not None:
+        return (reason, index + 1) if later else None
+    reason = getattr(exc, "last_reason", None)
+    if reason not in ENDPOINT_WIDE:
+        return None
+    found = next((i for i in later if endpoints[i] != endpoints[index]), None)
+    return None if found is None else (reason, found)
+
+
 class _Outcomes:
     """classify() once per failed attempt: the retry test, the wait and the error share it."""
 
@@ -60,8 +104,18 @@ class _Outcomes:
         return self._last[1]
 
 
+def breaker_key(model: str, endpoint: str | None) -> str:
+    """``gpt-4o`` on the default endpoint, ``local:llama3.2`` on endpoint ``local``."""
+    return model if endpoint is None else f"{endpoint}:{model}"
+
+
 class ResilientClient:
-    """Wraps one AsyncOpenAI(max_retries=0); owns breakers, retries and fallback."""
+    """Wraps one AsyncOpenAI(max_retries=0) per endpoint; owns breakers, retries and fallback.
+
+    ``sdk`` and ``rekey`` are the default endpoint's; ``endpoints`` (an ``endpoint.Endpoints``,
+    built from the config when not given) makes the SDK clients of the named ones
+    (``sdks``, an ``endpoint.SdkClients``).
+    """
 
     def __init__(
         self,
@@ -75,29 +129,49 @@ class ResilientClient:
         user: str = "",
         rekey: Callable[[Any], bool] | None = None,
         canaries: Canaries | None = None,
+        endpoints: Any = None,
     ):
         self.config = config
-        self.sdk = sdk
         self.clock = clock
         self.sleep = sleep
         self.policy = policy
         self.observers: list[Observer] = observers if observers is not None else []
         self.user = user
-        self.rekey = rekey  # after a 401: give the SDK a rotated key (Endpoint.rotate)
         self.canaries = canaries  # which model version a profile's call goes to
+        # every endpoint's SDK client; a 401 re-reads its key (Endpoint.rotate)
+        self.sdks = SdkClients(config, sdk, rekey, endpoints)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.replay: Any = None  # answers from a recorded call log (see mirai_magics.replay)
         self._router: Router | None = None  # built on the first `auto` call
 
-    def breaker(self, model: str) -> CircuitBreaker:
-        """The breaker of ``model``; the policy's (shared through Redis in redis mode)."""
-        if model not in self.breakers:
-            self.breakers[model] = (
-                self.policy.breaker(model, self.clock)
+    def breaker(self, model: str, endpoint: str | None = None) -> CircuitBreaker:
+        """The breaker of ``model`` on ``endpoint`` (None: the default one); the policy's
+        (shared through Redis in redis mode)."""
+        key = breaker_key(model, endpoint)
+        if key not in self.breakers:
+            self.breakers[key] = (
+                self.policy.breaker(key, self.clock)
                 if self.policy is not None
-                else CircuitBreaker(model, self.config.circuit_breaker, self.clock)
+                else CircuitBreaker(key, self.config.circuit_breaker, self.clock)
             )
-        return self.breakers[model]
+        return self.breakers[key]
+
+    @property
+    def sdk(self) -> Any:
+        """The default endpoint's SDK client (settable: a benchmark swaps in a fake)."""
+        return self.sdks.default
+
+    @sdk.setter
+    def sdk(self, sdk: Any) -> None:
+        self.sdks.default = sdk
+
+    def sdk_for(self, endpoint: str | None) -> Any:
+        """The SDK client of ``endpoint`` (None: the default one's), built on first use."""
+        return self.sdks.get(endpoint)
+
+    async def aclose(self) -> None:
+        """Close every endpoint's SDK client."""
+        await self.sdks.aclose()
 
     # --- public API ------------------------------------------------------------
 
@@ -125,6 +199,7 @@ class ResilientClient:
         call-log rows this is (a worker sending a kernel's item); default: this client's.
         """
         started = self.clock()
+        deadline = Deadline(self.config.defaults.deadline_s, self.clock, started)
         route = None
         if profile == AUTO:
             route = await self.router.route(_user_text(messages, route_text), self.chat)
@@ -134,9 +209,10 @@ class ResilientClient:
         text: str | None = None
         estimate = prompt_tokens if prompt_tokens is not None else count_messages(messages)[0]
         try:
-            text = await self._chat_with_fallback(
-                record, messages, estimate, overrides, _Shown(on_text), started, background
-            )
+            async with deadline.enforced(record):
+                shown = _Shown(on_text)
+                call = _Call(record, messages, estimate, overrides, shown, deadline, background)
+                text = await self._chat_with_fallback(call)
         except BaseException as exc:
             self._fail(record, exc)
             if isinstance(exc, MiraiError):
@@ -145,7 +221,7 @@ class ResilientClient:
         finally:
             record.latency_ms = (self.clock() - started) * 1000
             self._call_ended(record, messages, text)
-        return Reply(text, record)
+        return Reply(text, record, list(getattr(text, "tool_calls", ())))
 
     @traced_call("embeddings")
     async def embed(
@@ -158,19 +234,24 @@ class ResilientClient:
             params["dimensions"] = prof.dimensions
         record = CallRecord(profile=profile, model=prof.model, kind="embeddings", params=params)
         record.requested_profile, record.user = profile, self.user
+        record.endpoint = prof.endpoint
         record.tokens_estimated = sum(count_text(t)[0] for t in texts)
         started = self.clock()
-        deadline = started + self.config.defaults.deadline_s
+        deadline = Deadline(self.config.defaults.deadline_s, self.clock, started)
 
         async def attempt(timeout: float) -> list[list[float]]:
-            response = await self.sdk.embeddings.create(input=texts, timeout=timeout, **params)
+            sdk = self.sdk_for(record.endpoint)
+            response = await sdk.embeddings.create(input=texts, timeout=timeout, **params)
             record.tokens_in = getattr(response.usage, "prompt_tokens", None)
             record.tokens_out = 0
             return [list(item.embedding) for item in response.data]
 
         try:
-            self.breaker(prof.model).check()
-            async with self._admitted("embeddings", record, background) as gate:
+            self.breaker(prof.model, prof.endpoint).check()
+            async with (
+                deadline.enforced(record),
+                self._admitted("embeddings", record, background) as gate,
+            ):
                 vectors = await self._retrying(record, prof, deadline, attempt, gate)
         except BaseException as exc:
             self._fail(record, exc)
@@ -189,51 +270,51 @@ class ResilientClient:
 
     # --- fallback and retries --------------------------------------------------
 
-    async def _chat_with_fallback(
-        self,
-        record: CallRecord,
-        messages: list[dict[str, Any]],
-        estimate: int,
-        overrides: dict[str, Any],
-        shown: _Shown,
-        started: float,
-        background: bool,
-    ) -> str:
-        deadline = started + self.config.defaults.deadline_s
+    async def _chat_with_fallback(self, call: _Call) -> str:
+        record = call.record
         candidates = self._candidates(record.requested_profile, record)
-        for index, name in enumerate(candidates):
-            prof = self.config.profile(name)
-            pinned = name == record.requested_profile  # --model pins the requested profile only
-            hop = overrides if pinned else {k: v for k, v in overrides.items() if k != "model"}
-            params = chat_params(name, prof, hop)
-            if self.canaries is not None and "model" not in hop:  # a --model pin wins
-                params = self.canaries.apply(name, prof, params, record)
-            if self.policy is not None:
-                params = self.policy.adjust_params(params, record)
-            record.profile, record.model, record.params = name, params["model"], params
-            record.tokens_estimated = estimate + output_cap(params)
-            if self.replay is not None:
-                replayed = await self.replay.answer(record, params, messages, shown.on_text)
-                if replayed is not None:  # None: a miss in fallthrough mode goes live
-                    return replayed
+        index = 0
+        while True:
             try:
-                self.breaker(params["model"]).check()  # open: refuse before taking any quota
-                async with self._admitted("chat", record, background) as gate:
-                    return await self._retrying(
-                        record,
-                        prof,
-                        deadline,
-                        lambda timeout, p=params: self._chat_once(
-                            record, p, messages, timeout, shown
-                        ),
-                        gate,
-                    )
+                return await self._chat_profile(call, candidates[index])
             except (CircuitOpenError, RetriesExhaustedError) as exc:
-                reason = fallback_reason(exc)
-                if reason is None or index + 1 == len(candidates):
+                ends = [self.config.profile(name).endpoint for name in candidates]
+                hop = next_hop(exc, ends, index)
+                if hop is None:
                     raise
-                record.degrade(Degradation(FALLBACK, reason, name, candidates[index + 1]))
-        raise AssertionError("unreachable: the last candidate returns or raises")
+                reason, to = hop
+                record.degrade(Degradation(FALLBACK, reason, candidates[index], candidates[to]))
+                index = to
+
+    async def _chat_profile(self, call: _Call, name: str) -> str:
+        """One profile of the chain: its params, its endpoint and breaker, its retries."""
+        record, prof = call.record, self.config.profile(name)
+        pinned = name == record.requested_profile  # --model pins the requested profile only
+        hop = {k: v for k, v in call.overrides.items() if pinned or k != "model"}
+        tools = {k: hop.pop(k) for k in TOOL_PARAMS if hop.get(k) is not None}
+        params = chat_params(name, prof, hop) | tools  # tools are sent as given
+        if self.canaries is not None and "model" not in hop:  # a --model pin wins
+            params = self.canaries.apply(name, prof, params, record)
+        if self.policy is not None:
+            params = self.policy.adjust_params(params, record)
+        record.profile, record.model, record.params = name, params["model"], params
+        record.endpoint = prof.endpoint
+        record.tokens_estimated = call.estimate + output_cap(params)
+        if self.replay is not None:
+            replayed = await self.replay.answer(record, params, call.messages, call.shown.on_text)
+            if replayed is not None:  # None: a miss in fallthrough mode goes live
+                return replayed
+        self.breaker(params["model"], prof.endpoint).check()  # open: refuse before any quota
+        async with self._admitted("chat", record, call.background) as gate:
+            return await self._retrying(
+                record,
+                prof,
+                call.deadline,
+                lambda timeout, p=params: self._chat_once(
+                    record, p, call.messages, timeout, call.shown
+                ),
+                gate,
+            )
 
     def _candidates(self, requested: str, record: CallRecord) -> list[str]:
         """Profiles to try in order: the fallback chain from where the policy routes the call.
@@ -258,7 +339,7 @@ class ResilientClient:
         self,
         record: CallRecord,
         prof: Profile,
-        deadline: float,
+        deadline: Deadline,
         send: Callable[[float], Awaitable[Any]],
         gate: Any = None,
     ) -> Any:
@@ -267,7 +348,7 @@ class ResilientClient:
         outcome_of = _Outcomes(d.retry_after_cap_s)
         attempts = self.config.attempts_for(prof)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts) | stop_before_deadline(deadline, self.clock),
+            stop=stop_after_attempt(attempts) | stop_before_deadline(deadline.at, self.clock),
             wait=wait_retry_after(backoff(**d.backoff.model_dump()), outcome_of),
             retry=retry_if_exception(
                 lambda exc: not isinstance(exc, MiraiError) and outcome_of(exc).retryable
@@ -297,7 +378,7 @@ class ResilientClient:
         the request is then sent again with a fresh retry budget, within the same deadline."""
         if outcome.status != 401 or KEY_ROTATED in record.retry_reasons:
             return False
-        if self.rekey is None or not self.rekey(self.sdk):
+        if not self.sdks.rekey(record.endpoint):
             return False
         record.retry_reasons.append(KEY_ROTATED)
         return True
@@ -306,29 +387,35 @@ class ResilientClient:
         self,
         record: CallRecord,
         prof: Profile,
-        deadline: float,
+        deadline: Deadline,
         send: Callable[[float], Awaitable[Any]],
         outcome_of: _Outcomes,
         last: bool = False,
     ) -> Any:
-        breaker = self.breaker(record.model)
+        deadline.expire_if_over(record)  # a wait ran past it (on a fake clock too): send nothing
+        breaker = self.breaker(record.model, record.endpoint)
         probe = breaker.acquire()  # raises CircuitOpenError without touching the network
         record.attempts += 1
-        timeout = max(min(self.config.timeout_for(prof), deadline - self.clock()), 0.001)
+        limit, setting = deadline.attempt_bound(
+            self.config.timeout_for(prof), _timeout_setting(record.profile, prof)
+        )
         sent = self.clock()
         try:
-            result = await send(timeout)
+            result = await bounded(send(limit + SDK_TIMEOUT_SLACK_S), limit, setting)
         except BaseException as exc:
-            spent = self.clock() - sent
-            outcome = outcome_of(exc)
+            outcome = CUT_BY_DEADLINE if deadline.expired else outcome_of(exc)
+            cut = deadline.expired or (setting == DEADLINE_SETTING and outcome.reason == "timeout")
             (breaker.failure if outcome.counts_for_breaker else breaker.neutral)(probe)
             record.breaker = breaker.current_state().value
             if outcome.retryable:
                 record.retry_reasons.append(outcome.reason)
-            final = last or not outcome.retryable
+            final = last or not outcome.retryable or cut
+            spent = self.clock() - sent
             self._attempt_ended(
                 record, Attempt(outcome.reason, ok=False, final=final, latency_s=spent)
             )
+            if cut and not deadline.expired:  # its bound was what was left of the deadline
+                raise deadline.exceeded(record) from None
             raise
         breaker.success(probe)
         record.breaker = breaker.current_state().value
@@ -346,7 +433,7 @@ class ResilientClient:
         shown: _Shown,
     ) -> str:
         if not record.streamed:
-            response = await self.sdk.chat.completions.create(
+            response = await self.sdk_for(record.endpoint).chat.completions.create(
                 messages=messages, timeout=timeout, **params
             )
             choice = response.choices[0] if response.choices else None
@@ -354,7 +441,7 @@ class ResilientClient:
             record.response_model = response.model or None
             record.finish_reason = choice.finish_reason if choice else None
             _take_usage(record, response.usage)
-            return (choice.message.content if choice else None) or ""
+            return answer_of(choice)
         return await self._stream_once(record, params, messages, timeout, shown)
 
     async def _stream_once(
@@ -366,7 +453,7 @@ class ResilientClient:
         shown: _Shown,
     ) -> str:
         shown.restart()  # an earlier attempt may already have shown text
-        stream = await self.sdk.chat.completions.create(
+        stream = await self.sdk_for(record.endpoint).chat.completions.create(
             messages=messages,
             timeout=timeout,
             stream=True,
@@ -414,12 +501,27 @@ class ResilientClient:
             observer.on_call(record, messages, text)
 
 
+def _timeout_setting(name: str, prof: Profile) -> str:
+    """Where an attempt's timeout comes from, as the error line names it."""
+    return f"models.{name}.timeout_s" if prof.timeout_s is not None else "defaults.timeout_s"
+
+
 def _user_text(messages: list[dict[str, Any]], given: str | None) -> str:
     """What ``auto`` classifies: ``given``, else the last user message."""
     if given is not None:
         return given
     users = [m for m in messages if m.get("role") == "user"]
     return message_text(users[-1]) if users else ""
+
+
+def answer_of(choice: Any) -> str:
+    """The answer's text; the tool calls it asks for ride along as ``.tool_calls``."""
+    from ..tools import Answer, calls_of
+
+    message = choice.message if choice else None
+    text = (message.content if message else None) or ""
+    calls = calls_of(getattr(message, "tool_calls", None))
+    return Answer(text, calls) if calls else text
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

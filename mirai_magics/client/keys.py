@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Security
+from ..memory.home import make_home
 
 KEY_FILE = "keys.json"
 ID_CHARS = 12
@@ -127,7 +128,7 @@ class KeyAges:
         data = {"version": 1, "id": f"sha256[:{ID_CHARS}]", "first_seen": self._seen}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_home(self.path.parent)
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError as exc:

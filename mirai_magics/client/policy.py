@@ -5,6 +5,8 @@ down the fallback chain), then per profile tried ``adjust_params`` (each engaged
 effect, e.g. latency_high cuts max_tokens) and ``admit``: the
 per-request cap, a concurrency slot, a rate token and the token budgets (global and per
 user), in that order; the reservation is settled with the API's ``usage`` afterwards.
+Money is the ``spend`` part (``client/spend.py``): per model, per session and per day, held
+before sending against ``limits.budget_usd`` and settled with the call's real cost.
 The per-user budget belongs to the request's ``user`` parameter when one is given (a
 service passing its end users' ids), else to the session user.
 """
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, redis_url
 from ..errors import QuotaExceededError, RedisUnavailableError
+from ..pricing import Prices
 from ..tokens import context_window
 from .admission import Admission
 from .breaker import CircuitBreaker
@@ -26,6 +29,7 @@ from .degrade import Rule, build_rules
 from .limits import ConcurrencyCaps, Reservation, TokenBucket, TokenBudgets
 from .observers import Observer
 from .records import CallRecord, Degradation
+from .spend import Spend
 
 if TYPE_CHECKING:
     from .shared_limits import SharedLimits
@@ -45,6 +49,7 @@ class Policy:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         limits = config.limits
+        self.spend = Spend()  # kept across reloads with the Policy (see quota_settings)
         self.config = config
         self.clock, self.sleep = clock, sleep
         self.buckets = {
@@ -59,6 +64,21 @@ class Policy:
         self.shared = _shared_limits(config) if limits.backend == "redis" else None
         self.redis_retry_at = float("-inf")
         self.redis_problem = ""  # why Redis was last unreachable (status)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A reload that keeps the Policy hands it the new config: prices and caps follow."""
+        self._config = config
+        self.spend.configure(config)
+
+    @property
+    def prices(self) -> Prices:
+        """What calls cost under this config (badges, the call log and budgets agree)."""
+        return self.spend.prices
 
     # --- degradation ----------------------------------------------------------------
 
@@ -203,7 +223,9 @@ class Policy:
         record.degrade(Degradation(REDIS_DOWN, "local limits"))
 
     def breaker(self, model: str, clock: Callable[[], float]) -> CircuitBreaker:
-        """The breaker of ``model``: shared through Redis in redis mode, else this process's."""
+        """The breaker of ``model`` (a breaker key: ``gpt-4o``, or ``local:llama3.2`` off the
+        default endpoint, so Redis keys ``breaker:local:llama3.2:*``): shared through Redis
+        in redis mode, else this process's."""
         if self.shared is not None:
             return self.shared.breaker(model, clock)
         return CircuitBreaker(model, self.config.circuit_breaker, clock)
@@ -252,11 +274,13 @@ class Policy:
 
 
 def quota_settings(config: Config | None) -> tuple[Any, ...]:
-    """What a Policy is built from: a reload that changes none keeps the Policy's state."""
+    """What a Policy is built from: a reload that changes none keeps the Policy's state (a
+    new ``limits.budget_usd`` alone keeps it too: the session's spend is not forgotten)."""
     if config is None:
         return (None,)
     shared = (redis_url(config), config.redis) if config.limits.backend == "redis" else None
-    return config.limits, config.degradation, config.circuit_breaker, shared
+    limits = config.limits.model_copy(update={"budget_usd": None})
+    return limits, config.degradation, config.circuit_breaker, shared
 
 
 def _shared_limits(config: Config) -> SharedLimits:

@@ -4,6 +4,11 @@ A call's degradations live in one typed list, ``CallRecord.degradations``: a rul
 changed the call (``latency_high`` cut max_tokens), a rule that rerouted it
 (``rate_limit_429``: heavy → main), or a fallback after a failure (``fallback``: 429). The
 badge, the JSON log, metrics, tracing, the call log and the load report all read it.
+
+``latency_ms`` is the client's own time (retries, backoff and fallback included). A notebook
+cell waits longer: first-call setup and the memory retrieval come before the call. The cell
+sets ``wait_ms`` (the whole wait, from the cell's start) and ``memory_ms`` (retrieval) so that
+the badge shows the wait the user saw, with its parts (``10.0 s (5.0 s model · 5.0 s memory)``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 _ids = itertools.count(1)
@@ -31,6 +36,8 @@ class Degradation:
     detail: str = ""  # "429", "5xx", "circuit_open", "max_tokens 2000→1400", "history ≤ 6"
     from_profile: str | None = None  # set for a reroute: the call moved between profiles
     to_profile: str | None = None
+    # the model from_profile used (filled by CallRecord.degrade; not part of equality)
+    from_model: str | None = field(default=None, compare=False)
 
     @property
     def reroutes(self) -> bool:
@@ -101,6 +108,9 @@ class CallRecord:
     response_model: str | None = None  # the model the API says answered (``response.model``)
     canary: str | None = None  # the canary model version this call was sent to, if any
     canary_suspended: str | None = None  # why its profile's canary is off for this session
+    endpoint: str | None = None  # the ``endpoints:`` entry that answered; None: the default
+    wait_ms: float | None = None  # a cell's whole wait (setup + memory + this call); None: API
+    memory_ms: float = 0.0  # of wait_ms: retrieving notebook memory into the prompt
 
     @property
     def ok(self) -> bool:
@@ -119,9 +129,18 @@ class CallRecord:
         return self.requested_profile if self.reroute is not None else None
 
     def degrade(self, degradation: Degradation) -> None:
-        """Add a degradation once (a rule that applies to every hop is listed once)."""
-        if degradation not in self.degradations:
-            self.degradations.append(degradation)
+        """Add a degradation once (a rule that applies to every hop is listed once); a hop
+        away from the profile in use keeps that profile's model (``heavy/gpt-4o → main``)."""
+        if degradation in self.degradations:
+            return
+        if degradation.reroutes and degradation.from_profile == self.profile and self.model:
+            degradation = replace(degradation, from_model=degradation.from_model or self.model)
+        self.degradations.append(degradation)
+
+    @property
+    def fallbacks(self) -> list[Degradation]:
+        """The hops after a failed profile, in order (the chain this call went down)."""
+        return [d for d in self.degradations if d.rule == FALLBACK]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,10 +148,13 @@ class CallRecord:
 
 @dataclass
 class Reply:
-    """A successful answer: the text and the record of how it was obtained."""
+    """A successful answer: the text and the record of how it was obtained; ``tool_calls``
+    are the calls the model asked for (``Session.chat(..., tools=…)``), as plain dicts
+    ``{"id", "name", "arguments"}`` (arguments parsed from JSON); nothing runs them."""
 
     text: str
     record: CallRecord
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.text

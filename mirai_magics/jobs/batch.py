@@ -5,6 +5,9 @@ a Series out, same index). ``template`` is a ``str.format`` string over ``item``
 ``{item}``, ``{item.field}`` (also for dicts) or ``{item[0]}``. A row whose template fails
 is a failed item with the reason, never an exception for the whole batch. Batch prompts
 carry no notebook history or memory unless asked (``history=True`` / ``memory=True``).
+With ``schema`` (an ``answer_schema.AnswerSchema``) the payloads ask for that JSON schema
+(strict, plain JSON in the payload, so a worker needs no model class); the kernel checks
+the answers when it collects them (``ItemResult.typed``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def payloads(
     history: bool = False,
     memory: bool = False,
     overrides: dict[str, Any] | None = None,
+    schema: Any = None,
 ) -> list[dict[str, Any]]:
     """One payload per row: the messages to send, counted once (or the template error)."""
     if fmt not in FORMATS:
@@ -83,7 +87,8 @@ def payloads(
         session.config.chat_profile(profile)  # unknown: one line listing the known ones
     overrides = dict(overrides or {})
     if fmt == "json":
-        overrides["response_format"] = {"type": "json_object"}
+        json_format = {"type": "json_object"}
+        overrides["response_format"] = schema.response_format() if schema else json_format
     context = session.config.context
     system_text = system_prompt(context.system_prompt, system, fmt)
     window = session.history.window() if history else []

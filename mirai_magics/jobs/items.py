@@ -3,14 +3,16 @@
 A payload is plain JSON — ``{"messages": [...], "profile": "main", "format": "text",
 "overrides": {...}}`` — so the same item runs on the engine loop or on a `mirai worker`
 through Arq. ``run_item`` never raises for a failed call: the failure is the result
-(``error``, ``error_code``), so one bad row never ends a batch.
+(``error``, ``error_code``), so one bad row never ends a batch. A typed batch's results are
+checked in the kernel that collects them (``Results.typed``): an answer that does not match
+is an error value too (``error_code`` ``invalid_schema``), its raw text kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..client.records import CallRecord, Degradation, Route
@@ -21,6 +23,7 @@ RECORD_FIELDS = (
     "id",
     "profile",
     "model",
+    "endpoint",
     "requested_profile",
     "tokens_in",
     "tokens_out",
@@ -148,7 +151,8 @@ def record_from_dict(data: dict[str, Any] | None) -> CallRecord | None:
 class ItemResult:
     """One item of a batch (or a background cell): ``str()`` is the answer text.
 
-    A failed item is a value, not an exception: ``.error`` says why, ``.text`` is "".
+    A failed item is a value, not an exception: ``.error`` says why, ``.text`` is "" (an
+    answer that was not valid JSON, or did not match the batch's schema, keeps its text).
     """
 
     text: str = ""
@@ -174,6 +178,16 @@ class ItemResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def typed(self, schema: Any) -> ItemResult:
+        """This result checked against an ``AnswerSchema``: ``.data`` the model instance or
+        dict, or an error value naming the field (the text stays)."""
+        if not self.ok:
+            return self
+        checked = schema.check(self.text)
+        if checked.ok:
+            return replace(self, data=checked.data)
+        return replace(self, data=None, error=checked.error, error_code="invalid_schema")
 
     @property
     def value(self) -> Any:
@@ -201,6 +215,12 @@ class Results(list):
     @property
     def texts(self) -> list[str]:
         return [r.text for r in self]
+
+    def typed(self, schema: Any) -> Results:
+        """Every row checked against ``schema`` (see ``ItemResult.typed``)."""
+        out = Results(r.typed(schema) for r in self)
+        out.job_id = self.job_id
+        return out
 
     def __repr__(self) -> str:
         done = sum(r.ok for r in self)

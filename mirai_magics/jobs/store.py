@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobError
+from ..memory.home import make_home
+from ..redact import redact_all
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
@@ -100,7 +102,7 @@ class JobStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_home(self.path.parent)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path,
@@ -143,14 +145,14 @@ class JobStore:
                     now,
                     now,
                     len(payloads),
-                    label,
+                    redact_all(label),
                     json.dumps(options or {}),
                     OWNER,
                 ),
             )
             self._db.executemany(
                 "INSERT INTO items (job, idx, payload) VALUES (?, ?, ?)",
-                [(job_id, i, json.dumps(p, ensure_ascii=False)) for i, p in enumerate(payloads)],
+                [(job_id, i, _json(stored(p))) for i, p in enumerate(payloads)],
             )
         return job_id
 
@@ -164,9 +166,9 @@ class JobStore:
                 " WHERE job = ? AND idx = ? AND state = 'pending'",
                 (
                     "failed" if result.get("error") else "done",
-                    result.get("text"),
+                    _redacted(result.get("text")),
                     json.dumps(result["data"]) if result.get("data") is not None else None,
-                    result.get("error"),
+                    _redacted(result.get("error")),
                     result.get("error_code"),
                     json.dumps(record, default=str),
                     int(record.get("attempts") or 0),
@@ -270,3 +272,30 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def stored(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as written to disk: every message's text redacted (secrets the user
+    interpolated were sent as asked, but never stored). A resume after a restart sends this."""
+    messages = [{**m, "content": _content(m.get("content"))} for m in payload.get("messages", [])]
+    return {**payload, "messages": messages}
+
+
+def _content(content: Any) -> Any:
+    if isinstance(content, str):
+        return redact_all(content)
+    if isinstance(content, list):  # content parts: redact the text ones
+        texts = [isinstance(part.get("text"), str) for part in content]
+        return [
+            {**part, "text": redact_all(part["text"])} if text else part
+            for part, text in zip(content, texts, strict=True)
+        ]
+    return content
+
+
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False)
+
+
+def _redacted(text: str | None) -> str | None:
+    return redact_all(text) if text else text

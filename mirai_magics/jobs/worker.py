@@ -95,7 +95,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     if "client" in ctx:
-        await ctx["client"].sdk.close()
+        await ctx["client"].aclose()  # every endpoint's SDK client
         await ctx["client"].policy.aclose()
         ctx["endpoint"].close()
 

@@ -16,7 +16,8 @@ from .store import move_aside
 
 
 def forget(memory: Any, target: str) -> str:
-    """Forget ``all`` or the cells run as In[N] (this kernel's, else any earlier run's)."""
+    """Forget ``all`` or the cells run as In[N] (this kernel's, else an earlier run's of
+    this notebook, or with folder scope of any notebook)."""
     if target == "all":
         return forget_all(memory)
     if not target.isdigit():
@@ -25,7 +26,12 @@ def forget(memory: Any, target: str) -> str:
     memory.flush(WAIT_BEFORE_SEARCH_S)
     where = "kind = 'cell' AND count = ?"
     keys = st.store.keys_for(f"{where} AND run = ?", (int(target), memory.run))
-    keys = keys or st.store.keys_for(where, (int(target),))
+    scope = memory.scope_of(st.notebook)
+    if not keys and scope is None:
+        keys = st.store.keys_for(where, (int(target),))
+    elif not keys:
+        marks = ",".join("?" * len(scope))
+        keys = st.store.keys_for(f"{where} AND notebook IN ({marks})", (int(target), *scope))
     n = st.store.delete_keys(keys) if keys else 0
     st.index.sync()
     return forgot(n)

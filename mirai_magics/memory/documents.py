@@ -45,6 +45,7 @@ class Doc:
     error: bool = False
     count: int | None = None
     file: str | None = None
+    notebook: str = ""  # the notebook that ran the cell (identity.py); "" for learned files
 
     @cached_property
     def text(self) -> str:
@@ -57,16 +58,18 @@ class Doc:
 
     @cached_property
     def key(self) -> int:
-        return key_for(self.source_id)
+        return key_for(self.source_id, self.notebook)
 
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def key_for(source_id: str) -> int:
-    """A stable 63-bit key for a source id (the usearch key and the SQLite primary key)."""
-    digest = hashlib.sha256(source_id.encode("utf-8", "surrogatepass")).digest()
+def key_for(source_id: str, notebook: str = "") -> int:
+    """A stable 63-bit key for a notebook's source id (the usearch key and the SQLite primary
+    key); entries without a notebook keep the key they had before scopes existed."""
+    name = f"{notebook}\0{source_id}" if notebook else source_id
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "little") & KEY_MASK
 
 
@@ -99,8 +102,10 @@ def source_id(body: str, cell_id: str | None) -> str:
     return f"cell:{cell_id}" if cell_id else f"src:{sha256(body)[:24]}"
 
 
-def cell_doc(event: CellEvent, max_output_chars: int, secrets: list[str]) -> Doc | None:
-    """The document for an executed cell, or None when the cell is skipped."""
+def cell_doc(
+    event: CellEvent, max_output_chars: int, secrets: list[str], notebook: str = ""
+) -> Doc | None:
+    """The document for an executed cell of ``notebook``, or None when the cell is skipped."""
     if skip_reason(event.source) is not None:
         return None
     body = redact(event.source.strip("\n"), secrets)
@@ -114,11 +119,12 @@ def cell_doc(event: CellEvent, max_output_chars: int, secrets: list[str]) -> Doc
         output=output,
         error=event.error is not None,
         count=event.count,
+        notebook=notebook,
     )
 
 
 def cell_changes(
-    events: list[CellEvent], max_output_chars: int, secrets: list[str]
+    events: list[CellEvent], max_output_chars: int, secrets: list[str], notebook: str = ""
 ) -> tuple[dict[str, Doc], set[str]]:
     """The documents to store and the sources to forget, the events applied in order.
 
@@ -128,7 +134,7 @@ def cell_changes(
     docs: dict[str, Doc] = {}
     drops: set[str] = set()
     for event in events:
-        doc = cell_doc(event, max_output_chars, secrets)
+        doc = cell_doc(event, max_output_chars, secrets, notebook)
         if doc is not None:
             drops.discard(doc.source_id)
             docs[doc.source_id] = doc

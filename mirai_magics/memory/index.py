@@ -6,6 +6,11 @@ brute force at 50k × 256 on the CI machines: see benchmarks/bench_memory.py). T
 is a usearch ``Index`` (cosine, dtype passed explicitly, never a view) saved to
 ``memory.usearch`` with a JSON sidecar; SQLite stays the source of truth either way.
 
+A search may be limited to ``allowed`` keys (a sorted int64 array: the cells of one
+notebook and the learned files): the exact index masks its scores, HNSW reads the allowed
+vectors back (``Index.get``) and ranks them exactly while they are few, else widens its
+approximate search until enough allowed keys come back.
+
 usearch facts honoured here: adding an existing key raises (so remove first), a batch add
 is not atomic (``upsert`` removes the keys it re-adds first; when the add fails, the caller's
 ``sync()`` has not moved past that batch and applies it again from SQLite next time), key
@@ -26,6 +31,7 @@ HNSW_DTYPE = "f16"  # half the memory of f32; cosine ranks are unchanged at thes
 HNSW_METRIC = "cos"
 CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 128, 256  # recall over speed
 CACHE_FORMAT = 1
+AMONG_EXACT_MAX = 20_000  # HNSW: up to this many allowed keys are ranked exactly
 
 
 class FlatIndex:
@@ -83,14 +89,16 @@ class FlatIndex:
                 self._row[moved] = row
             self._n = last
 
-    def search(self, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[list[int], list[float]]:
         if self._n == 0 or k <= 0:
             return [], []
         scores = self._vecs[: self._n] @ query
-        k = min(k, self._n)
-        top = np.argpartition(scores, self._n - k)[-k:] if k < self._n else np.arange(self._n)
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return self._keys[top].tolist(), scores[top].tolist()
+        rows = np.arange(self._n)
+        if allowed is not None:
+            rows = rows[np.isin(self._keys[: self._n], allowed)]
+        return _top(self._keys[rows], scores[rows], k)
 
     @property
     def nbytes(self) -> int:
@@ -120,12 +128,40 @@ class HnswIndex:
         if keys:
             self._index.remove(np.asarray(keys, dtype=np.uint64))
 
-    def search(self, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[list[int], list[float]]:
         if len(self._index) == 0 or k <= 0:
             return [], []
+        if allowed is not None and len(allowed) <= AMONG_EXACT_MAX:
+            return self._among(query, k, allowed)
+        wanted = k
+        while True:  # widen until k allowed keys came back (or the whole index was searched)
+            keys, scores = self._approximate(query, wanted)
+            if allowed is None:
+                return keys, scores
+            mask = np.isin(np.asarray(keys, dtype=np.int64), allowed)
+            if mask.sum() >= k or wanted >= len(self._index):
+                return _top(np.asarray(keys)[mask], np.asarray(scores)[mask], k)
+            wanted *= 4
+
+    def _approximate(self, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         matches = self._index.search(query.astype(np.float32), min(k, len(self._index)))
         keys = [int(x) for x in matches.keys]
         return keys, [1.0 - float(d) for d in matches.distances]
+
+    def _among(
+        self, query: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[list[int], list[float]]:
+        """Exact cosine ranking of the allowed keys' stored vectors."""
+        keys = allowed.astype(np.uint64)
+        keys = keys[np.asarray(self._index.contains(keys), dtype=bool).reshape(-1)]
+        if not len(keys):
+            return [], []
+        vectors = np.stack(self._index.get(keys, dtype=np.float32))
+        norms = np.linalg.norm(vectors, axis=1)
+        norms[norms == 0] = 1.0
+        return _top(keys.astype(np.int64), (vectors @ query) / norms, k)
 
     @property
     def nbytes(self) -> int:
@@ -181,6 +217,17 @@ class HnswIndex:
         if len(index) != sidecar.get("count") or index.ndim != expect["ndim"]:
             raise StaleCache("entry count differs from the sidecar")
         return cls(expect["ndim"], index), sidecar
+
+
+def _top(keys: np.ndarray, scores: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    """The ``k`` best (key, score) pairs, best first."""
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return [], []
+    top = np.argpartition(scores, n - k)[-k:] if k < n else np.arange(n)
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return keys[top].astype(np.int64).tolist(), scores[top].astype(np.float64).tolist()
 
 
 def _new_index(dims: int) -> Any:

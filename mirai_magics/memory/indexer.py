@@ -6,8 +6,12 @@ loop; SQLite and index work go to one "mirai-memory" thread (so the loop keeps s
 chat answers), OpenAI embeddings are awaited on the loop with ``background=True`` (the
 quota policy's background cap applies), local embeddings are computed on the memory thread.
 
-Each embedded sub-batch is committed as it arrives. A request the endpoint refuses as
-invalid (HTTP 400/413/422) is split in halves down to the text it refuses; that text is
+Each embedded sub-batch is committed as it arrives. Sub-batches are sized by tokens to fit
+the token budgets (``limits.tokens``: at most ``per_request_max`` and never more than the
+per-user or global budget per minute), so a background request waits for budget to free
+instead of being refused for asking more than a whole budget; a single text larger than the
+whole budget is recorded as not embeddable, with that reason. A request the endpoint refuses
+as invalid (HTTP 400/413/422) is split in halves down to the text it refuses; that text is
 tried again shortened, else recorded as failed (not sent again), and the others are embedded.
 """
 
@@ -18,6 +22,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ClientRequestError
@@ -26,7 +31,7 @@ from . import rounds
 from .jobs import FileJob, Plan
 
 BATCH = 256  # items taken from the queue per round
-REMOTE_BATCH = 64  # texts per embeddings request
+REMOTE_BATCH = 64  # texts per embeddings request at most (fewer when they are long)
 # text-embedding-3 takes 8,191 tokens per input; our count may be an estimate (or another
 # encoding than the model's), so inputs are cut at half of that
 EMBED_MAX_TOKENS = 4000
@@ -144,7 +149,8 @@ class Indexer:
     async def _embed_remote(
         self, loop: asyncio.AbstractEventLoop, embedder: Any, items: list[tuple[str, str]]
     ) -> None:
-        """Sub-batches of REMOTE_BATCH texts; a refused one is halved until the text is found.
+        """Sub-batches that fit the token budgets (``token_batches``); a refused one is halved
+        until the text is found.
 
         That text is tried again cut to half (an input over the model's token limit is the
         usual reason), and below HALVE_MIN_CHARS recorded as refused, but only when some
@@ -153,7 +159,9 @@ class Indexer:
         """
         client = await loop.run_in_executor(self.pool, lambda: self.memory.session.client)
         items = [(sha, cut_to_tokens(text)) for sha, text in items]
-        todo = [items[i : i + REMOTE_BATCH] for i in range(0, len(items), REMOTE_BATCH)]
+        todo, oversized = token_batches(items, Budget.of(self.memory.session.config))
+        if oversized:
+            await loop.run_in_executor(self.pool, rounds.store_refusals, self.memory, oversized)
         refused: dict[str, str] = {}
         accepted, last = False, None
         while todo:
@@ -192,6 +200,53 @@ class Indexer:
         left = self.take_all()
         self.flush(timeout)
         return left
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens one embeddings request may hold: ``request`` per batch, and ``whole``
+    (the smaller budget per minute, named by ``setting``) for any single text."""
+
+    request: int
+    whole: int
+    setting: str
+
+    @classmethod
+    def of(cls, config: Any) -> Budget:
+        tokens = config.limits.tokens
+        whole, setting = min(
+            (tokens.per_user_minute, "limits.tokens.per_user_minute"),
+            (tokens.per_minute, "limits.tokens.per_minute"),
+        )
+        return cls(min(tokens.per_request_max, whole), whole, setting)
+
+
+def token_batches(
+    items: list[tuple[str, str]], budget: Budget, max_texts: int = REMOTE_BATCH
+) -> tuple[list[list[tuple[str, str]]], dict[str, str]]:
+    """(sha, text) pairs in batches of at most ``budget.request`` tokens (a longer text goes
+    alone) and ``max_texts`` texts, counted as the quota policy counts them; and the texts
+    larger than the whole budget (sha → why), which no wait would ever admit."""
+    batches: list[list[tuple[str, str]]] = []
+    oversized: dict[str, str] = {}
+    current: list[tuple[str, str]] = []
+    held = 0
+    for sha, text in items:
+        tokens = count_text(text)[0]
+        if tokens > budget.whole:
+            oversized[sha] = (
+                f"~{tokens:,} tokens, more than the whole budget of {budget.whole:,} "
+                f"tokens/min ({budget.setting}); not embedded"
+            )
+            continue
+        if current and (held + tokens > budget.request or len(current) >= max_texts):
+            batches.append(current)
+            current, held = [], 0
+        current.append((sha, text))
+        held += tokens
+    if current:
+        batches.append(current)
+    return batches, oversized
 
 
 def cut_to_tokens(text: str, max_tokens: int = EMBED_MAX_TOKENS) -> str:

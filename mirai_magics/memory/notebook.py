@@ -2,8 +2,9 @@
 
 Cheap to create (nothing is opened until the first cell is indexed or a search runs).
 Files live in ``home_dir(config)``: ``memory.sqlite`` (the truth) and, above the exact
-search threshold, ``memory.usearch`` + ``memory.usearch.json`` (a rebuildable cache).
-Administration (forget, rebuild, stats) is in ``admin.py``, learning files in ``learn.py``.
+search threshold, ``memory.usearch`` + ``memory.usearch.json`` (a rebuildable cache). Cells
+belong to the notebook that ran them (``identity.py``); searching is in ``search.py``,
+administration (forget, rebuild, stats) in ``admin.py``, learning files in ``learn.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import atexit
 import contextlib
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,9 @@ from ..redact import redact
 from ..text import clip
 from .counters import CACHE_HITS, SEARCHES, Counters, MetricsSink
 from .documents import CellEvent, error_line, source_id
+from .identity import own_identities
 from .indexer import WAIT_BEFORE_SEARCH_S, Indexer
 from .jobs import BACKFILL, Backfill
-
-_QUERY_CACHE = 128
 
 
 @dataclass
@@ -37,6 +36,7 @@ class MemoryState:
     store: Any
     embedder: Any
     index: Any
+    notebook: str  # this kernel's notebook identity (identity.py)
 
 
 class NotebookMemory:
@@ -60,13 +60,17 @@ class NotebookMemory:
         self.graph = GraphBuilder(self.note_error)  # the HNSW graph, built off the indexer
         self._state: MemoryState | None = None
         self._open_lock = threading.Lock()
-        self._queries: OrderedDict[str, Any] = OrderedDict()
+        self._searcher: Any = None  # search.Searcher, made on the first search
         session.status_sources.append(self.status_rows)
 
     @property
     def settings(self) -> Any:
         """``context.rag``: the memory's settings."""
         return self.session.config.context.rag
+
+    def scope_of(self, notebook: str) -> tuple[str, ...] | None:
+        """The notebooks whose entries this kernel indexes and finds (None: all of them)."""
+        return None if self.settings.scope == "folder" else own_identities(notebook)
 
     @property
     def hits(self) -> int:
@@ -107,12 +111,14 @@ class NotebookMemory:
     def _open(self) -> MemoryState:
         from ..config import home_dir
         from .embedders import choose_embedder
+        from .identity import notebook_identity
         from .store import Store
         from .synced import SyncedIndex
 
         config = self.session.config
         home = home_dir(config)
         embedder = choose_embedder(config, self.session.endpoint.offline)
+        notebook = notebook_identity()
         store = Store(home / "memory.sqlite")
         try:
             path = home / "memory.usearch"
@@ -120,14 +126,14 @@ class NotebookMemory:
                 store, embedder.name, embedder.dims, path, config.context.rag.exact_search_below
             )
             index.open()
-            if store.vectors.missing(embedder.name, 1):
+            if store.vectors.missing(embedder.name, 1, self.scope_of(notebook)):
                 self.indexer.put(BACKFILL)  # a round that embeds what is missing
         except BaseException:
             store.close()
             raise
         self.graph.start(index)  # no-op unless the exact index is past the threshold
         atexit.register(self._save_at_exit)  # a clean kernel exit keeps the usearch cache current
-        return MemoryState(home, store, embedder, index)
+        return MemoryState(home, store, embedder, index, notebook)
 
     def discard_state(self) -> MemoryState | None:
         """Close the open store and index (the next ``state()`` opens them again)."""
@@ -136,7 +142,8 @@ class NotebookMemory:
         if old is not None:
             old.index.close()
             old.store.close()
-        self._queries.clear()
+        if self._searcher is not None:
+            self._searcher.clear()
         return old
 
     def note_error(self, exc: BaseException) -> None:
@@ -157,44 +164,23 @@ class NotebookMemory:
         *,
         min_score: float | None = None,
         exclude: Iterable[str] = (),
+        everywhere: bool = False,
     ) -> list[Any]:
-        """The ``k`` entries most similar to ``query`` (best first) as ``Hit`` objects."""
-        from .context import Hit
-
+        """The ``k`` entries most similar to ``query`` (best first) as ``Hit`` objects: this
+        notebook's cells and the learned files, or with folder scope or ``everywhere`` every
+        notebook's (their cells labelled with the notebook's name)."""
         k = self.settings.top_k if k is None else k
-        excluded = set(exclude)
         if k <= 0:
             return []
-        st = self.state()
-        keys, scores = st.index.search(self._query_vector(query), k + len(excluded) + 4)
-        rows = st.store.rows(keys)
-        hits = []
-        for key, score in zip(keys, scores, strict=True):
-            row = rows.get(key)
-            if row is None or row[1] in excluded:
-                continue
-            if min_score is not None and score < min_score:
-                break
-            _, source, kind, label, _count, _run, body, output, error, file = row
-            hits.append(Hit(key, score, label, kind, body, output, bool(error), source, file))
-        return hits[:k]
+        return self.searcher.search(query, k, min_score, exclude, everywhere)
 
-    def _query_vector(self, query: str) -> Any:
-        st = self.state()
-        text = redact(query, self._secrets())[:8000]
-        if text in self._queries:
-            self._queries.move_to_end(text)
-            return self._queries[text]
-        if st.embedder.remote:
-            client = self.session.client
-            engine = self.session.engine
-            vector = engine.run(st.embedder.embed_async(client, [text], False))[0]
-        else:
-            vector = st.embedder.embed([text])[0]
-        self._queries[text] = vector
-        while len(self._queries) > _QUERY_CACHE:
-            self._queries.popitem(last=False)
-        return vector
+    @property
+    def searcher(self) -> Any:
+        if self._searcher is None:
+            from .search import Searcher
+
+            self._searcher = Searcher(self)
+        return self._searcher
 
     def prompt_context(self, text: str, top_k: int | None) -> tuple[str, list[str]]:
         """The memory block for a prompt and the badge flags; failures become a flag."""

@@ -22,9 +22,10 @@ def plan(memory: Any, batch: list[Any]) -> Plan:
     """Store the batch's entries; find which texts have no cached vector (nor refusal)."""
     st = memory.state()
     events = [item for item in batch if isinstance(item, CellEvent)]
-    docs, drops = cell_changes(events, memory.settings.max_output_chars, memory._secrets())
+    cap, secrets = memory.settings.max_output_chars, memory._secrets()
+    docs, drops = cell_changes(events, cap, secrets, st.notebook)
     work = Plan(jobs=[item for item in batch if isinstance(item, FileJob)])
-    st.store.upsert(list(docs.values()), memory.run, drops)
+    st.store.upsert(list(docs.values()), memory.run, drops, st.notebook)
     for job in work.jobs:
         st.store.replace_file(job.path, job.sha, job.docs, memory.run)
     wanted = {d.sha: d.text for d in docs.values()}
@@ -37,7 +38,7 @@ def plan(memory: Any, batch: list[Any]) -> Plan:
     memory.misses += len(work.misses)
     if memory.retry_pending or any(isinstance(item, Backfill) for item in batch):
         memory.retry_pending = False
-        missing = st.store.vectors.missing(name, BACKFILL_BATCH)
+        missing = st.store.vectors.missing(name, BACKFILL_BATCH, memory.scope_of(st.notebook))
         work.more = len(missing) == BACKFILL_BATCH
         for sha, body, output in missing:
             work.misses.setdefault(sha, embed_text(body, output))

@@ -1,8 +1,9 @@
 """The memory's source of truth: one SQLite file (WAL) with entries, cached vectors and files.
 
 * ``entries``: one row per remembered cell or file chunk (redacted text, label, SHA-256 of
-  the embedded text, a 63-bit key shared with the vector index, a ``version``).
-* ``vectors`` and ``failed``: the embedding cache (see ``vectors.py``).
+  the embedded text, a 63-bit key shared with the vector index, a ``version``, the notebook
+  that ran the cell: see ``identity.py``; the tables are in ``tables.py``).
+* ``vectors``, ``queries`` and ``failed``: the embedding cache (see ``vectors.py``).
 * ``meta``: ``generation`` (bumped by every write transaction; rows touched get it as their
   version, deletions leave a ``tombstones`` row) and ``epoch`` (bumped by forget-all and
   rebuild). A vector index that remembers the generation it has seen catches up with
@@ -26,46 +27,13 @@ from typing import Any, TypeVar
 
 from ..errors import MemoryCorruptError
 from .documents import Doc
+from .home import make_home
+from .tables import ROW_FIELDS, UPSERT, create
 from .vectors import VectorCache, chunks
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('generation', 0), ('epoch', 0);
-CREATE TABLE IF NOT EXISTS entries(
-  key INTEGER PRIMARY KEY, source TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-  label TEXT NOT NULL, count INTEGER, run TEXT NOT NULL, body TEXT NOT NULL,
-  output TEXT NOT NULL, error INTEGER NOT NULL, sha TEXT NOT NULL, file TEXT,
-  version INTEGER NOT NULL, updated REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_version ON entries(version);
-CREATE INDEX IF NOT EXISTS entries_sha ON entries(sha);
-CREATE INDEX IF NOT EXISTS entries_file ON entries(file);
-CREATE TABLE IF NOT EXISTS vectors(
-  sha TEXT NOT NULL, embedder TEXT NOT NULL, vector BLOB NOT NULL,
-  PRIMARY KEY (sha, embedder)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS failed(
-  sha TEXT NOT NULL, embedder TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
-  PRIMARY KEY (sha, embedder)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tombstones(key INTEGER NOT NULL, version INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_version ON tombstones(version);
-CREATE TABLE IF NOT EXISTS files(
-  path TEXT PRIMARY KEY, sha TEXT NOT NULL, chunks INTEGER NOT NULL, learned REAL NOT NULL);
-"""
-UPSERT = """
-INSERT INTO entries(key, source, kind, label, count, run, body, output, error, sha, file,
-                    version, updated)
-VALUES (:key, :source, :kind, :label, :count, :run, :body, :output, :error, :sha, :file,
-        :version, :updated)
-ON CONFLICT(source) DO UPDATE SET
-  label = excluded.label, count = excluded.count, run = excluded.run, body = excluded.body,
-  output = excluded.output, error = excluded.error, updated = excluded.updated,
-  version = CASE WHEN entries.sha = excluded.sha THEN entries.version ELSE excluded.version END,
-  sha = excluded.sha
-"""
-ROW_FIELDS = "key, source, kind, label, count, run, body, output, error, file"
 
 
 class Store:
@@ -73,7 +41,7 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_home(path.parent)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
@@ -84,7 +52,7 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA secure_delete=ON")  # forgotten text is zeroed
-            self.write(_create, bump=False)
+            self.write(create, bump=False)
         except BaseException:
             self._db.close()
             raise
@@ -133,12 +101,14 @@ class Store:
 
     # --- entries ----------------------------------------------------------------------
 
-    def upsert(self, docs: Sequence[Doc], run: str, drop_sources: Iterable[str] = ()) -> None:
-        """Insert or update ``docs``; delete entries of ``drop_sources`` (tombstoned)."""
+    def upsert(
+        self, docs: Sequence[Doc], run: str, drop_sources: Iterable[str] = (), notebook: str = ""
+    ) -> None:
+        """Insert or update ``docs``; delete ``notebook``'s entries of ``drop_sources``."""
         now = time.time()
 
         def apply(db: sqlite3.Connection, gen: int) -> None:
-            _delete(db, gen, "source", list(drop_sources))
+            _delete(db, gen, "source", list(drop_sources), notebook)
             db.executemany(UPSERT, [_row(d, run, gen, now) for d in docs])
 
         self.write(apply)
@@ -149,7 +119,7 @@ class Store:
 
         def apply(db: sqlite3.Connection, gen: int) -> None:
             old = [r[0] for r in db.execute("SELECT source FROM entries WHERE file = ?", (path,))]
-            _delete(db, gen, "source", [s for s in old if s not in keep])
+            _delete(db, gen, "source", [s for s in old if s not in keep], "")
             db.executemany(UPSERT, [_row(d, run, gen, now) for d in docs])
             db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (path, sha, len(docs), now)
@@ -183,7 +153,7 @@ class Store:
 
         def apply(db: sqlite3.Connection, gen: int) -> int:
             n = db.execute("DELETE FROM entries").rowcount
-            for table in ("vectors", "failed", "files", "tombstones"):
+            for table in ("vectors", "queries", "failed", "files", "tombstones"):
                 db.execute(f"DELETE FROM {table}")
             self._bump("epoch")
             return n
@@ -212,6 +182,17 @@ class Store:
             found.update({r[0]: r for r in self.read(sql, part)})
         return found
 
+    def visible_keys(self, notebooks: Sequence[str]) -> list[int]:
+        """Keys of the cells of ``notebooks`` and of every learned file chunk."""
+        marks = ",".join("?" * len(notebooks))
+        sql = f"SELECT key FROM entries WHERE kind = 'file' OR notebook IN ({marks})"
+        return [r[0] for r in self.read(sql, list(notebooks))]
+
+    def cells_by_notebook(self) -> dict[str, int]:
+        """How many cells each notebook has in the memory ("" for cells without one)."""
+        sql = "SELECT notebook, COUNT(*) FROM entries WHERE kind = 'cell' GROUP BY notebook"
+        return {name: int(n) for name, n in self.read(sql)}
+
     def removed_since(self, version: int) -> list[int]:
         return [r[0] for r in self.read("SELECT key FROM tombstones WHERE version > ?", (version,))]
 
@@ -230,12 +211,6 @@ class Store:
             self._db.close()
 
 
-def _create(db: sqlite3.Connection, _gen: int) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
 def _row(doc: Doc, run: str, gen: int, now: float) -> dict[str, Any]:
     return {
         "key": doc.key,
@@ -249,18 +224,24 @@ def _row(doc: Doc, run: str, gen: int, now: float) -> dict[str, Any]:
         "error": int(doc.error),
         "sha": doc.sha,
         "file": doc.file,
+        "notebook": doc.notebook,
         "version": gen,
         "updated": now,
     }
 
 
-def _delete(db: sqlite3.Connection, gen: int, column: str, values: list[Any]) -> int:
-    """Delete entries whose ``column`` is in ``values``; leave tombstones for the indexes."""
+def _delete(
+    db: sqlite3.Connection, gen: int, column: str, values: list[Any], notebook: str | None = None
+) -> int:
+    """Delete entries whose ``column`` is in ``values`` (of ``notebook`` only, when given);
+    leave tombstones for the indexes."""
     deleted = 0
+    only = "" if notebook is None else " AND notebook = ?"
     for part in chunks(values):
         marks = ",".join("?" * len(part))
+        params = part if notebook is None else [*part, notebook]
         keys = db.execute(
-            f"DELETE FROM entries WHERE {column} IN ({marks}) RETURNING key", part
+            f"DELETE FROM entries WHERE {column} IN ({marks}){only} RETURNING key", params
         ).fetchall()
         db.executemany("INSERT INTO tombstones VALUES (?, ?)", [(k, gen) for (k,) in keys])
         deleted += len(keys)

@@ -139,10 +139,13 @@ class SyncedIndex:
             self.note = f"HNSW (past {self.threshold:,} vectors)"
             self.save()
 
-    def search(self, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[list[int], list[float]]:
+        """The ``k`` nearest keys (among ``allowed`` ones, when given) and their scores."""
         with self.lock:
             self.sync()
-            return self.backend.search(query, k)
+            return self.backend.search(query, k, allowed)
 
     # --- the cache file ----------------------------------------------------------------
 

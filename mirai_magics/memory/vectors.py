@@ -1,7 +1,10 @@
 """The embedding cache inside ``memory.sqlite``: cached vectors and texts the embedder refused.
 
 * ``vectors``: keyed by (SHA-256 of the text, embedder name), so an unchanged cell is never
-  embedded twice, across restarts and kernels.
+  embedded twice, across restarts, kernels and notebooks.
+* ``queries``: the same for the texts searched for (a search, a prompt's retrieval), so an
+  unchanged notebook re-run in a new kernel makes no embedding request at all; the
+  QUERY_KEEP stored last are kept.
 * ``failed``: texts the endpoint rejected on their own (HTTP 400 for that one input); they
   are not sent again until `%mirai memory rebuild` (or `forget`) clears them.
 """
@@ -14,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 _CHUNK = 500  # SQLite host-parameter batches
+QUERY_KEEP = 5000  # query vectors kept per store (least recently used go first)
 _NO_VECTOR = (
     "NOT EXISTS (SELECT 1 FROM vectors v WHERE v.sha = e.sha AND v.embedder = :embedder) "
     "AND NOT EXISTS (SELECT 1 FROM failed f WHERE f.sha = e.sha AND f.embedder = :embedder)"
@@ -68,17 +72,49 @@ class VectorCache:
         )
         return int(count), (last[0][0] if last else "")
 
-    def missing(self, embedder: str, limit: int) -> list[tuple[str, str, str]]:
-        """(sha, body, output) of entries with no vector (nor refusal) from ``embedder``."""
+    def missing(
+        self, embedder: str, limit: int, notebooks: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(sha, body, output) of entries with no vector (nor refusal) from ``embedder``;
+        with ``notebooks``, only their cells and learned files (another notebook's cells
+        are its kernel's to embed, maybe with another embedder)."""
+        where, params = _in_scope(notebooks)
         return self.store.read(
-            f"SELECT sha, body, output FROM entries e WHERE {_NO_VECTOR} GROUP BY sha LIMIT :limit",
-            {"embedder": embedder, "limit": limit},
+            f"SELECT sha, body, output FROM entries e WHERE {_NO_VECTOR}{where} "
+            "GROUP BY sha LIMIT :limit",
+            {"embedder": embedder, "limit": limit, **params},
         )
 
-    def pending_count(self, embedder: str) -> int:
+    def pending_count(self, embedder: str, notebooks: Sequence[str] | None = None) -> int:
         """Entries still waiting for a vector from ``embedder`` (not searchable yet)."""
-        sql = f"SELECT COUNT(*) FROM entries e WHERE {_NO_VECTOR}"
-        return int(self.store.read(sql, {"embedder": embedder})[0][0])
+        where, params = _in_scope(notebooks)
+        sql = f"SELECT COUNT(*) FROM entries e WHERE {_NO_VECTOR}{where}"
+        return int(self.store.read(sql, {"embedder": embedder, **params})[0][0])
+
+    # --- query vectors ----------------------------------------------------------------
+
+    def query(self, sha: str, embedder: str) -> bytes | None:
+        """The cached vector of a searched text (or of an entry with the same text)."""
+        rows = self.store.read(
+            "SELECT vector FROM vectors WHERE sha = :sha AND embedder = :e UNION ALL "
+            "SELECT vector FROM queries WHERE sha = :sha AND embedder = :e LIMIT 1",
+            {"sha": sha, "e": embedder},
+        )
+        return rows[0][0] if rows else None
+
+    def put_query(self, sha: str, blob: bytes, embedder: str) -> None:
+        """Cache a searched text's vector; beyond QUERY_KEEP the oldest ones go."""
+
+        def apply(db: sqlite3.Connection, gen: int) -> None:
+            row = (sha, embedder, blob, time.time())
+            db.execute("INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?)", row)
+            db.execute(
+                "DELETE FROM queries WHERE used < "
+                "(SELECT used FROM queries ORDER BY used DESC LIMIT 1 OFFSET ?)",
+                (QUERY_KEEP - 1,),
+            )
+
+        self.store.write(apply, bump=False)
 
     def since(self, version: int, embedder: str) -> list[tuple[int, bytes | None]]:
         """(key, vector or None) of entries written after ``version`` (-1: all entries)."""
@@ -115,15 +151,22 @@ class VectorCache:
     def drop_malformed(self, embedder: str, nbytes: int) -> int:
         """Delete cached vectors of the wrong size (written by an endpoint that ignored
         ``dimensions``); their entries become pending and are embedded again."""
-        return self.store.write(
-            lambda db, gen: (
-                db.execute(
-                    "DELETE FROM vectors WHERE embedder = ? AND length(vector) != ?",
-                    (embedder, nbytes),
-                ).rowcount
-            ),
-            bump=False,
-        )
+
+        def apply(db: sqlite3.Connection, gen: int) -> int:
+            sql = "DELETE FROM {} WHERE embedder = ? AND length(vector) != ?"
+            db.execute(sql.format("queries"), (embedder, nbytes))
+            return db.execute(sql.format("vectors"), (embedder, nbytes)).rowcount
+
+        return self.store.write(apply, bump=False)
+
+
+def _in_scope(notebooks: Sequence[str] | None) -> tuple[str, dict[str, str]]:
+    """The SQL condition (and its parameters) for entries visible to ``notebooks``."""
+    if notebooks is None:
+        return "", {}
+    names = {f"nb{i}": name for i, name in enumerate(notebooks)}
+    marks = ", ".join(f":{name}" for name in names)
+    return f" AND (e.kind = 'file' OR e.notebook IN ({marks}))", names
 
 
 def chunks(values: list[Any]) -> Iterator[list[Any]]:

@@ -12,6 +12,8 @@ import re
 
 from ..client.routing import ROUTER_TAG
 from ..text import clip
+from . import images
+from .instances import answer_schema, typed_answer
 
 FINGERPRINT = "mirai-offline"
 REASONING_PREFIXES = ("o1", "o3", "o4")
@@ -98,16 +100,22 @@ def _route_answer(last: str) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def chat_answer(body: dict, variant: str | None = None) -> str:
-    """The full (untruncated) answer for a validated chat request body."""
+def chat_answer(body: dict, variant: str | None = None, schema_break: str | None = None) -> str:
+    """The full (untruncated) answer for a validated chat request body; a ``json_schema``
+    response format gets an instance of its schema, broken when the last user message
+    contains ``schema_break`` (the fault)."""
     messages = body["messages"]
     model = str(body["model"])
     last = last_user_text(messages)
+    schema = answer_schema(body)
+    if schema is not None:
+        return typed_answer(schema, broken=bool(schema_break) and schema_break in last)
     if wants_json(body) and system_text(messages).startswith(ROUTER_TAG):
         return _route_answer(last)
     if wants_json(body):
         return _json_answer(model, last, len(messages), variant)
     text = _code_answer(last) if wants_code(body) else _markdown_answer(model, last, len(messages))
+    text += images.summary(messages[-1:])  # what the last message showed, for tests
     return f"{text} [variant {variant}]" if variant else text
 
 
@@ -116,7 +124,11 @@ def count_tokens(text: str) -> int:
 
 
 def prompt_tokens(messages: list[dict]) -> int:
-    return sum(count_tokens(message_text(m.get("content"))) + 4 for m in messages) + 3
+    """Text at 4 characters a token, images by the tile rule, as the API counts them."""
+    from ..tokens import message_image_tokens
+
+    texts = sum(count_tokens(message_text(m.get("content"))) + 4 for m in messages)
+    return texts + sum(message_image_tokens(m) for m in messages) + 3
 
 
 def completion_tokens(answer: str) -> int:

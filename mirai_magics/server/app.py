@@ -1,8 +1,10 @@
 """Request routing of the offline server: API endpoints, fault application, admin endpoints.
 
 Per API request: stats begin (in flight) -> route -> fault outcome (down, drop,
-hang, error status) -> latency -> auth -> validation -> answer -> stats end.
-Admin endpoints under ``/_mirai/`` bypass faults and stats.
+hang, error status) -> latency -> auth -> validation -> answer (dripped with drip_sse_s /
+drip_body_s) -> stats end.
+Admin endpoints under ``/_mirai/`` bypass faults and stats. With ``azure_api_version`` the
+API paths are Azure's (see ``azure``), mapped onto the same routes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 
-from . import endpoints
+from . import azure, endpoints
 from .errors import HTML_503, ApiError, fault_error, method_not_allowed, missing_key, not_found
 from .errors import wrong_key as wrong_key_error
 from .faults import FAULT_FIELDS, FaultPlan, Faults, error_headers, normalize_entry
@@ -45,8 +47,12 @@ class App:
         vary: bool = False,
         stream_delay_ms: float = 0,
         expected_key: str | None = None,
+        azure_api_version: str | None = None,
+        models: tuple[str, ...] | None = endpoints.MODELS,
     ) -> None:
         self.seed = seed
+        self.azure_api_version = azure_api_version
+        self.models = models  # what GET /v1/models lists; None: a 404, as some servers do
         self.plan = FaultPlan(faults, seed)
         self.stats = Stats()
         self.expected_key = expected_key
@@ -140,16 +146,23 @@ class App:
                 body = endpoints.parse_body(req.body)
             except ApiError as err:
                 parse_error = err
-        kind = kind_of(req.path)
-        record = self.stats.begin(req.path, kind, body)
+        kind = kind_of(self._plain(req))
+        record = self.stats.begin(req.path, kind, body, query=req.query, headers=req.headers)
         conn.on_final = lambda status: self.stats.end(record, kind, status)
         try:
             await self._answer(req, conn, body, parse_error)
         finally:
             conn.finish("aborted")  # no-op unless the answer failed before its last write
 
+    def _plain(self, req: Request) -> str:
+        """The request's path as a plain ``/v1/…`` route (Azure's paths in Azure mode)."""
+        if self.azure_api_version is None:
+            return req.path
+        return azure.plain_path(req.path) or req.path
+
     def _route(self, req: Request) -> Callable[[Request, dict | None], object]:
-        path = req.path.rstrip("/")
+        version = self.azure_api_version
+        path = (req.path if version is None else azure.route(req, version)).rstrip("/")
         method, kind = _ROUTES.get(path, (None, None))
         if kind is None and path.startswith("/v1/models/"):
             method, kind = "GET", "model"
@@ -194,12 +207,23 @@ class App:
             result = endpoint(req, body)
         except ApiError as err:
             return await self._send_error(conn, err, outcome.faults)
+        await self._send_answer(conn, result, outcome.faults)
+        return 200
+
+    async def _send_answer(self, conn: Connection, result: object, faults: Faults) -> None:
+        """A 200 answer: at once, paced by stream_delay_ms, or dripped (drip_* faults)."""
         if isinstance(result, endpoints.SseBody):
+            if faults.drip_sse_s is not None:
+                await conn.drip_stream(200, self._headers(), result.events, faults.drip_sse_s)
+                return
             delay = self.stream_delay_ms / 1000
             await conn.send_stream(200, self._headers(), result.events, delay)
+        elif faults.drip_body_s is not None:
+            await conn.send_dripping(
+                json_response(200, result, self._headers()), faults.drip_body_s
+            )
         else:
             await conn.send(json_response(200, result, self._headers()))
-        return 200
 
     def _headers(self, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
         return [
@@ -214,6 +238,11 @@ class App:
         return err.status
 
     def _check_auth(self, req: Request) -> None:
+        if self.azure_api_version is not None:
+            key = azure.presented_key(req)
+            if not key or (self.expected_key is not None and key != self.expected_key):
+                raise azure.access_denied()
+            return
         scheme, _, key = req.headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -228,8 +257,9 @@ class App:
         endpoints.validate_chat(body)
         variant = f"{self._variant_rng.getrandbits(32):08x}" if self.vary else None
         cid = f"chatcmpl-offline-{next(self._chat_ids)}"
-        answered_by = self.plan.faults.answer_model
-        return endpoints.chat(body, cid, int(time.time()), variant, answered_by)
+        faults = self.plan.faults
+        created = int(time.time())
+        return endpoints.chat(body, cid, created, variant, faults.answer_model, faults.schema_break)
 
     def _do_embeddings(self, req: Request, body: dict | None) -> object:
         assert body is not None
@@ -238,7 +268,12 @@ class App:
         return result
 
     def _do_models(self, req: Request, body: dict | None) -> object:
-        return endpoints.list_models()
+        if self.models is None:
+            raise not_found(req.method, req.path)
+        return endpoints.list_models(self.models)
 
     def _do_model(self, req: Request, body: dict | None) -> object:
-        return endpoints.get_model(req.path.rstrip("/")[len("/v1/models/") :])
+        name = self._plain(req).rstrip("/")[len("/v1/models/") :]
+        if self.models is None:
+            raise not_found(req.method, req.path)
+        return endpoints.get_model(name, self.models)

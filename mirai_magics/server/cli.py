@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--vary", action="store_true", help="append a random variant to every chat answer")
     add("--stream-delay-ms", type=float, default=0, help="delay between streamed chunks")
     add("--expected-key", default=None, help="reject any other API key with 401")
+    add(
+        "--azure-api-version",
+        default=None,
+        metavar="VERSION",
+        help="behave like an Azure OpenAI resource: /openai/deployments/{d}/…?api-version="
+        "VERSION with an api-key header, and /openai/v1/…",
+    )
     add_fault_arguments(parser)
     add("--script", default=None, help="comma separated outcomes, e.g. 429,500,ok")
     return parser
@@ -79,6 +86,7 @@ def server_from_args(args: argparse.Namespace) -> OfflineServer:
         port=opt("port", DEFAULT_PORT), faults=faults_from_args(args), seed=opt("seed", 0),
         vary=bool(opt("vary", False)), stream_delay_ms=opt("stream_delay_ms", 0),
         expected_key=opt("expected_key"), host=opt("host", "127.0.0.1"),
+        azure_api_version=opt("azure_api_version"),
     )  # fmt: skip
     script = opt("script")
     if script:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import answers
+from . import answers, images, tools
 from .embeddings import MAX_DIMENSIONS, default_dimensions, embeddings_object
 from .errors import ApiError, invalid_json
 
@@ -111,17 +111,28 @@ def validate_chat(body: dict) -> None:
     model = _require_model(body)
     _check_messages(body)
     _check_reasoning_params(body, model)
+    images.described(body["messages"])  # 400 for an image part that does not decode
+    tools.check_tools(body)
 
 
 def chat(
-    body: dict, cid: str, created: int, variant: str | None, answered_by: str | None = None
+    body: dict,
+    cid: str,
+    created: int,
+    variant: str | None,
+    answered_by: str | None = None,
+    schema_break: str | None = None,
 ) -> dict | SseBody:
     """A chat completion (or its SSE stream) for a validated request body; ``answered_by``:
-    the ``model`` the response reports instead of the requested one (fault ``answer_model``)."""
-    full = answers.chat_answer(body, variant)
+    the ``model`` the response reports instead of the requested one (fault ``answer_model``);
+    ``schema_break``: fault of the same name."""
+    called = tools.tool_call(body, cid)
+    full = "" if called is not None else answers.chat_answer(body, variant, schema_break)
     text, finish = answers.truncate(full, answers.token_limit(body))
     if answered_by:
         body = {**body, "model": answered_by}
+    if called is not None:  # a request with tools whose prompt says "call NAME"
+        return tools.tool_call_object(body, cid, created, called)
     if body.get("stream") is True:
         chunks = answers.stream_chunks(body, cid, created, text, finish)
         return SseBody(answers.sse_events(chunks))
@@ -197,12 +208,12 @@ def _model_object(name: str) -> dict:
     return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": "mirai-offline"}
 
 
-def list_models() -> dict:
-    return {"object": "list", "data": [_model_object(m) for m in MODELS]}
+def list_models(models: tuple[str, ...] = MODELS) -> dict:
+    return {"object": "list", "data": [_model_object(m) for m in models]}
 
 
-def get_model(name: str) -> dict:
-    if name not in MODELS:
+def get_model(name: str, models: tuple[str, ...] = MODELS) -> dict:
+    if name not in models:
         raise ApiError(
             404, f"The model '{name}' does not exist", param="model", code="model_not_found"
         )

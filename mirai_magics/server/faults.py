@@ -52,6 +52,15 @@ class Faults:
         None, "answer every API request with this status", low=400, high=599
     )
     should_retry: bool | None = fault(None, "x-should-retry header sent with errors")
+    # slow senders (each write keeps a per-read timeout from firing; only a deadline holds):
+    drip_sse_s: float | None = fault(
+        None,
+        "streams: one SSE event every N s, never ending (keep-alives after the answer)",
+        low=0.001,
+    )
+    drip_body_s: float | None = fault(
+        None, "JSON answers: headers at once, then one byte of the body every N s", low=0.001
+    )
     # embeddings endpoint quirks of real providers:
     embed_max_chars: int | None = fault(
         None, 'embeddings: 400 "maximum context length" for a longer input', low=1
@@ -66,6 +75,12 @@ class Faults:
     )
     answer_model: str | None = fault(
         None, "chat: report this `model` in answers instead of the requested one"
+    )
+    # typed answers (`response_format: json_schema`):
+    schema_break: str | None = fault(
+        None,
+        "chat: a json_schema answer to a last user message containing this text gets its "
+        "first field of the wrong type",
     )
 
     def __post_init__(self) -> None:

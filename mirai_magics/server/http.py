@@ -2,13 +2,15 @@
 
 Only what an OpenAI SDK client (httpx), urllib and a browser need: keep-alive,
 Content-Length and chunked request bodies, one-write JSON responses and chunked
-Server-Sent Events. Nothing here knows about the OpenAI API.
+Server-Sent Events, and the slow senders of the drip faults (a body byte by byte, a stream
+that never ends). Nothing here knows about the OpenAI API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import Callable
@@ -81,11 +83,17 @@ def encode_response(resp: Response, keep_alive: bool) -> bytes:
     return _head(resp.status, headers + resp.headers, keep_alive) + resp.body
 
 
+def _stream_head(status: int, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
+    base = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
+    return _head(status, [*base, ("Transfer-Encoding", "chunked"), *headers], keep_alive)
+
+
 def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+KEEP_ALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, but it is a read
 
 
 def _parse_head(raw: bytes) -> tuple[str, str, str, str, dict[str, str]]:
@@ -191,12 +199,34 @@ class Connection:
         if not self.keep_alive:
             self.close()
 
+    async def send_dripping(self, resp: Response, every_s: float) -> None:
+        """Write the head at once, then the body one byte per ``every_s`` (fault drip_body_s)."""
+        data = encode_response(resp, self.keep_alive)
+        start = len(data) - len(resp.body)
+        await self._write(data[:start])
+        for at in range(start, len(data)):
+            await asyncio.sleep(every_s)
+            if at == len(data) - 1:
+                self.finish(resp.status)
+            await self._write(data[at : at + 1])
+        if not self.keep_alive:
+            self.close()
+
+    async def drip_stream(
+        self, status: int, headers: list[tuple[str, str]], events: list[bytes], every_s: float
+    ) -> None:
+        """One event per ``every_s`` without end (fault drip_sse_s): the answer's events but
+        ``[DONE]``, then SSE comments, until the peer goes away or the server stops."""
+        await self._write(_stream_head(status, headers, self.keep_alive))
+        for event in itertools.chain(events[:-1], itertools.repeat(KEEP_ALIVE)):
+            await self._write(encode_chunk(event))
+            await asyncio.sleep(every_s)
+
     async def send_stream(
         self, status: int, headers: list[tuple[str, str]], events: list[bytes], delay_s: float
     ) -> None:
         """Send ``events`` as a chunked body; all at once, or one per ``delay_s``."""
-        base = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
-        head = _head(status, [*base, ("Transfer-Encoding", "chunked"), *headers], self.keep_alive)
+        head = _stream_head(status, headers, self.keep_alive)
         if delay_s <= 0 or len(events) < 2:
             data = head + b"".join(map(encode_chunk, events)) + LAST_CHUNK
             self.finish(status)

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .app import App
+from .endpoints import MODELS
 from .errors import error_body
 from .faults import Faults
 from .http import MAX_HEAD_BYTES, Connection, HttpError, json_response, read_request
@@ -34,12 +35,24 @@ class OfflineServer:
         stream_delay_ms: float = 0,
         expected_key: str | None = None,
         host: str = "127.0.0.1",
+        azure_api_version: str | None = None,
+        models: Sequence[str] | None = MODELS,
     ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the offline server binds loopback only, not {host!r}")
         self.host = "127.0.0.1" if host == "localhost" else host
         self.port = port
-        self.app = App(faults, seed, vary, stream_delay_ms, expected_key)
+        # azure_api_version: answer Azure's paths, auth and api-version instead (see azure);
+        # models: what GET /v1/models lists (None: a 404, a server that offers no list)
+        self.app = App(
+            faults,
+            seed,
+            vary,
+            stream_delay_ms,
+            expected_key,
+            azure_api_version,
+            tuple(models) if models is not None else None,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -52,13 +65,17 @@ class OfflineServer:
 
     @property
     def url(self) -> str:
+        """The SDK's ``base_url``: ``…/v1`` (an Azure-shaped server: its ``/openai/v1``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        root = "/openai/v1" if self.app.azure_api_version is not None else "/v1"
+        return f"http://{host}:{self.port}{root}"
 
     @property
     def base_url(self) -> str:
-        """The server root without ``/v1`` (admin endpoints live under ``/_mirai/``)."""
-        return self.url[: -len("/v1")]
+        """The server root without ``/v1`` (admin endpoints live under ``/_mirai/``; an
+        Azure-shaped server's resource URL)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def running(self) -> bool:

@@ -8,6 +8,7 @@ from collections import Counter, deque
 
 RECENT_LIMIT = 500
 ARRIVALS_LIMIT = 10_000
+KEY_HEADERS = ("authorization", "api-key")  # never kept: ``auth`` says which one came
 
 
 class StatsSnapshot(dict):
@@ -43,11 +44,29 @@ class Stats:
             self.recent: deque[dict] = deque(maxlen=RECENT_LIMIT)
             self.arrivals: deque[float] = deque(maxlen=ARRIVALS_LIMIT)  # time.time() per request
 
-    def begin(self, path: str, kind: str, body: object) -> dict:
-        """Count a request whose body has been read; returns its ``recent`` record."""
+    def begin(
+        self,
+        path: str,
+        kind: str,
+        body: object,
+        *,
+        query: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> dict:
+        """Count a request whose body has been read; returns its ``recent`` record (its
+        headers without the key ones; ``auth``: ``bearer``, ``api-key`` or None)."""
         model = body.get("model") if isinstance(body, dict) else None
         model = model if isinstance(model, str) else None
-        record = {"path": path, "model": model, "status": None, "body": body}
+        headers = headers or {}
+        record = {
+            "path": path,
+            "query": query,
+            "model": model,
+            "status": None,
+            "body": body,
+            "headers": {k: v for k, v in headers.items() if k not in KEY_HEADERS},
+            "auth": _auth_kind(headers),
+        }
         with self._lock:
             self.requests += 1
             self.arrivals.append(time.time())
@@ -91,3 +110,9 @@ class Stats:
                 recent=[dict(r) for r in self.recent],
                 arrivals=list(self.arrivals),
             )
+
+
+def _auth_kind(headers: dict[str, str]) -> str | None:
+    if headers.get("api-key"):
+        return "api-key"
+    return "bearer" if headers.get("authorization", "").lower().startswith("bearer ") else None

@@ -4,14 +4,13 @@
 latency histogram and becomes a span event; each call counts requests, tokens, degradations,
 quota rejections and `auto` routes, and writes the log line. With
 ``observability.metrics.enabled`` the `/metrics` endpoint starts with the Telemetry (no
-`%mirai metrics` needed); a port that cannot be bound is one `%mirai status` row, never an
-error. Heavy imports
+`%mirai metrics` needed); a port that cannot be bound is one `%mirai status` row (and
+one line under the notebook's next mirai cell), never an error. Heavy imports
 (prometheus_client) happen when a Telemetry is created.
 """
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,7 @@ class Telemetry(Observer):
 
     def _open_endpoint(self, settings: MetricsSettings) -> None:
         """Start (or stop) `/metrics` as configured; unchanged settings keep a manual choice."""
-        from .metrics import configured_port
+        from .metrics import busy_notice, configured_port
 
         self.configured_port = configured_port(settings)
         wanted = (settings.enabled, self.configured_port)
@@ -143,15 +142,6 @@ class Telemetry(Observer):
     def close(self) -> None:
         self.metrics.stop()
         self.logs.close()
-
-
-def busy_notice(port: int, exc: OSError) -> str:
-    """The one line `%mirai status` shows when the endpoint cannot listen on ``port``."""
-    what = "busy" if exc.errno == errno.EADDRINUSE else "not usable"
-    return (
-        f"port {port} is {what} ({exc.strerror or exc}): set observability.metrics.port "
-        "or run %mirai metrics --port 0"
-    )
 
 
 def _model(record: CallRecord) -> str:

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..background import BatchWriter
+from ..calllog_rows import redacted, storable
 from ..client.records import CallRecord
-from ..redact import DEFAULT_SECRET_NAMES, redact_all
+from ..memory.home import make_home
+from ..redact import DEFAULT_SECRET_NAMES, secret_env_values
 
 if TYPE_CHECKING:
     from ..config import Logging
@@ -86,7 +88,7 @@ class _JsonlFile(RotatingFileHandler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def _open(self) -> Any:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        make_home(Path(self.baseFilename).parent)
         return super()._open()
 
     def doRollover(self) -> None:
@@ -155,7 +157,10 @@ class CallLogger:
         fields = call_fields(
             record, settings.fields, self.clock(), messages, text, settings.include_prompts
         )
-        line = redact_all(json.dumps(fields, ensure_ascii=False, default=str), self.secret_names)
+        # Each string redacted before it is JSON (escaping would hide a secret's shape), and
+        # made storable: a lone surrogate in a prompt becomes U+FFFD, never a logging error.
+        fields = redacted(fields, secret_env_values(self.secret_names))
+        line = storable(json.dumps(fields, ensure_ascii=False, default=str))
         if to_file:
             self._writer.add((level, line))
         if to_logger:

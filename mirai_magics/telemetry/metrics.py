@@ -17,10 +17,13 @@ prompts, keys or other free text. The families (the seed's names):
 
 The endpoint listens on 127.0.0.1 at ``observability.metrics.port``; ``MIRAI_METRICS_PORT``
 overrides it (0 picks a free port), e.g. for tests or a second notebook on the same host.
+A port already taken (a second kernel, Prometheus itself on 9090) is one notice that names
+the port and the setting it came from (``busy_notice``), never an error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -85,6 +88,21 @@ def configured_port(settings: MetricsSettings) -> int:
     raise ConfigError(
         f"{ENV_PORT}={raw!r} is not a port",
         hint="set it to a number 0–65535 (0 picks a free port) or unset it",
+    )
+
+
+def port_setting() -> str:
+    """Where the endpoint's port comes from: ``MIRAI_METRICS_PORT`` when set, else the config."""
+    return ENV_PORT if os.environ.get(ENV_PORT, "").strip() else "observability.metrics.port"
+
+
+def busy_notice(port: int, exc: OSError) -> str:
+    """The one line shown when the endpoint cannot listen on ``port``: the port, why, and
+    the setting to change (or ``%mirai metrics --port 0`` for any free port)."""
+    what = "busy" if exc.errno == errno.EADDRINUSE else "not usable"
+    return (
+        f"port {port} is {what} ({exc.strerror or exc}): set {port_setting()} "
+        "or run %mirai metrics --port 0"
     )
 
 

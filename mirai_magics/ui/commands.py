@@ -12,6 +12,7 @@ from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from .argtypes import cell_number_or_all, count, hits, port, tokens, variable
 from .registry import Registry
 from .sandbox_cmd import sandbox_options
 
@@ -20,26 +21,20 @@ subcommand = COMMANDS.register
 Args = argparse.Namespace
 
 
-def count(text: str) -> int:
-    """argparse type: a whole number, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}")
-    return int(text)
-
-
-def port(text: str) -> int:
-    """argparse type: a TCP port, 0 (any free port) to 65535."""
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"needs a number 0–65535, got {text!r}")
-    return int(text)
-
-
 @subcommand("status")
-def status(magics: Any, args: Args) -> None:
-    """Calls, errors, retries, latency, breakers, budgets and memory of this session."""
-    from .status import show_status
+def status(magics: Any, args: Args) -> Any:
+    """Calls, errors, retries, latency, breakers, budgets and memory of this session.
 
-    show_status(magics.session, magics.defaults)
+    ``s = %mirai status`` keeps it as a dict (label → value).
+    """
+    from .metrics_cmd import endpoint_notice
+    from .status import status_report
+
+    report = status_report(magics.session, magics.defaults)
+    notice = endpoint_notice(magics.session)
+    if notice is not None:
+        magics.noticed.add(notice)  # the table has it as its metrics row: no extra line
+    return report
 
 
 @subcommand("use")
@@ -61,6 +56,7 @@ def use(magics: Any, args: Args) -> None:
     config = magics.session.config
     check_profile(config, args.profile)
     magics.defaults.use(args.profile)
+    magics.default_profile = args.profile  # `%config MiraiMagics.default_profile` agrees
     show_note(f"default profile: {args.profile} ({_use_note(config, args.profile)})")
 
 
@@ -83,14 +79,33 @@ def show_config(magics: Any, args: Args) -> None:
     print(redact_all(json.dumps(magics.session.config.redacted(), indent=2)))
 
 
+@subcommand("models")
+@magic_arguments()
+@argument("endpoint", nargs="?", default=None, metavar="ENDPOINT", help="e.g. local (default: all)")
+def models(magics: Any, args: Args) -> None:
+    """The models each endpoint serves (GET /v1/models); * marks the ones profiles use.
+
+    An endpoint that offers no list (404, 405) or cannot be reached gets one line saying so.
+
+    Example::
+
+        %mirai models
+        %mirai models local
+    """
+    from .models_cmd import models_command
+
+    models_command(magics.session, args.endpoint)
+
+
 @subcommand("fix")
 def fix(magics: Any, args: Args) -> None:
     """Ask `heavy` to explain the last error and correct the cell that raised it."""
-    from .cell import run_cell
-    from .fix import fix_request
+    from .fix import fix_request, keep_out_of_memory
 
-    request = fix_request(magics.errors, magics.shell.user_ns.get("In", []))
-    run_cell(request, magics.session, magics.shell, magics.namespace())
+    failed = magics.failed_cell
+    request = fix_request(failed)
+    keep_out_of_memory(magics.session, failed)
+    magics.run_request(request)
 
 
 @subcommand("picker")
@@ -101,16 +116,22 @@ def picker(magics: Any, args: Args) -> None:
     from .widgets import model_picker
 
     panel = model_picker(magics.session.config, magics.defaults)
+
+    def chosen(_change: Any = None) -> None:  # `%config MiraiMagics.default_profile` agrees
+        magics.default_profile = magics.defaults.profile
+
+    chosen()
+    panel.children[0].observe(chosen, names="value")  # after the panel's own observer
     display(panel)  # displayed, not returned: no Out[] entry
     magics.shell.user_ns["_mirai_picker"] = panel
 
 
 @subcommand("history")
-def history(magics: Any, args: Args) -> None:
-    """The conversation history the next cell sends."""
-    from .status import show_history
+def history(magics: Any, args: Args) -> Any:
+    """The conversation history the next cell sends (``h = %mirai history``: the messages)."""
+    from .status import history_listing
 
-    show_history(magics.session.history.window())
+    return history_listing(magics.session.history.window())
 
 
 @subcommand("reset")
@@ -127,8 +148,22 @@ def reload(magics: Any, args: Args) -> None:
     """Re-read the config file and the API key (e.g. after rotating the key)."""
     from .render import show_note
 
-    magics.session.reload(magics.config_path, memory=magics.memory_enabled)
-    show_note(f"config and API key re-read from {magics.session.config.source}")
+    session = magics.session
+    session.reload(magics.config_path, memory=magics.memory_enabled)
+    source = session.config.source
+    show_note(f"config and API key re-read from {source}; calls go to {_endpoint_note(session)}")
+
+
+def _endpoint_note(session: Any) -> str:
+    """Where calls go after a reload, and which setting says so."""
+    from ..client.failures import url_setting
+
+    endpoint = session.endpoint
+    if endpoint.offline:
+        return "the offline server on 127.0.0.1 (no API key and no base URL set)"
+    if endpoint.base_url is None:
+        return "api.openai.com (the SDK's default; MIRAI_BASE_URL or endpoint.base_url changes it)"
+    return f"{endpoint.base_url} ({url_setting()})"
 
 
 memory = COMMANDS.group("memory", "Search, inspect and feed the notebook memory.")
@@ -137,17 +172,20 @@ memory = COMMANDS.group("memory", "Search, inspect and feed the notebook memory.
 @memory.register("search")
 @magic_arguments()
 @argument("query", nargs="*", metavar="QUERY", help="e.g. how did we load the data")
-@argument("-k", type=count, default=None, metavar="N", help="hits (default: context.rag.top_k)")
+@argument("-k", type=hits, default=None, metavar="N", help="hits (default: context.rag.top_k)")
+@argument("--all", action="store_true", help="every notebook's cells, not only this one's")
 def memory_search(magics: Any, args: Args) -> None:
     """The cells and learned files closest in meaning to QUERY, best first.
 
     Example::
 
         %mirai memory search "how did we load the data" -k 3
+        %mirai memory search --all "the sales table"
     """
     from . import memory_cmd
 
-    memory_cmd.search(memory_cmd.open_memory(magics), " ".join(args.query), args.k)
+    memory = memory_cmd.open_memory(magics)
+    memory_cmd.search(memory, " ".join(args.query), args.k, everywhere=args.all)
 
 
 @memory.register("stats")
@@ -160,7 +198,12 @@ def memory_stats(magics: Any, args: Args) -> None:
 
 @memory.register("forget")
 @magic_arguments()
-@argument("what", metavar="N|all", help="the cell In[N], or all (a copy of the file is kept)")
+@argument(
+    "what",
+    type=cell_number_or_all,
+    metavar="N|all",
+    help="the cell In[N], or all (a copy of the file is kept)",
+)
 def memory_forget(magics: Any, args: Args) -> None:
     """Drop one cell from the memory, or everything."""
     from . import memory_cmd
@@ -206,11 +249,14 @@ def metrics(magics: Any, args: Args) -> None:
 @magic_arguments()
 @argument("-n", "--limit", type=count, default=10, metavar="N", help="how many (default 10)")
 @argument("--json", action="store_true", help="print the calls as JSON")
-def log(magics: Any, args: Args) -> None:
-    """The last calls in the call log: time, cell, model, tokens, latency, outcome."""
+def log(magics: Any, args: Args) -> Any:
+    """The last calls in the call log: time, cell, model, tokens, latency, outcome.
+
+    ``calls = %mirai log -n 50`` keeps them as a list of dicts (one per call, oldest first).
+    """
     from .log_cmd import show_log
 
-    show_log(magics.session, args.limit, args.json)
+    return show_log(magics.session, args.limit, args.json)
 
 
 @subcommand("replay")
@@ -239,7 +285,7 @@ def jobs(magics: Any, args: Args) -> Any:
     """Background cells and batches: list, wait for, cancel, or get the result of one.
 
     ``x = %mirai jobs result ID`` gives the result as a Python object (a batch: its list or
-    Series of results; a cell: its ItemResult).
+    Series of results; a cell: its ItemResult); ``x = %mirai jobs`` the jobs as dicts.
 
     Example::
 
@@ -247,12 +293,12 @@ def jobs(magics: Any, args: Args) -> Any:
         %mirai jobs wait
         answers = %mirai jobs result b1f2c3d
     """
-    from .jobs_cmd import job_id_or_latest, job_result, jobs_table
+    from .jobs_cmd import job_id_or_latest, job_result, jobs_listing
     from .render import show_note
 
     session = magics.session
     if args.action == "list":
-        return print(jobs_table(session, args.limit))
+        return jobs_listing(session, args.limit)
     if args.action == "cancel" and not args.id:
         from ..errors import UsageError
 
@@ -276,8 +322,8 @@ def jobs(magics: Any, args: Args) -> Any:
 @argument("-p", "--profile", default=None, help="profile (default: the cells' default)")
 @argument("-t", "--template", default=None, help="prompt template over {item} / {item.field}")
 @argument("-f", "--format", default="text", choices=["text", "json", "markdown", "code"])
-@argument("--max-tokens", type=int, default=None, dest="max_tokens", help="output cap per item")
-@argument("--out", default=None, help="also store the results in this variable")
+@argument("--max-tokens", type=tokens, default=None, dest="max_tokens", help="output cap per item")
+@argument("--out", type=variable, default=None, help="also store the results in this variable")
 def batch_command(magics: Any, args: Args) -> Any:
     """One prompt per item of VAR in the background, with a progress bar; the results.
 

@@ -1,4 +1,5 @@
-"""What a `%%mirai` cell uses when it names no profile: set by `%mirai use` and the picker."""
+"""What a `%%mirai` cell uses when it names no profile: set by `%mirai use`, the picker and
+`%config MiraiMagics.default_profile`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 class CellDefaults:
     """The default profile and its overrides: UI state, kept by the magics, not the session.
 
-    ``profile`` stays empty until `%mirai use` or the picker sets it; until then the config's
-    ``ui.default_profile`` applies (read on each cell, so `%mirai reload` changes it).
+    ``profile`` stays empty until `%mirai use`, the picker or `%config
+    MiraiMagics.default_profile` sets it; until then the config's ``ui.default_profile``
+    applies (read on each cell, so `%mirai reload` changes it). The picker puts only the
+    fields the user changed into ``overrides``.
     """
 
     profile: str = ""

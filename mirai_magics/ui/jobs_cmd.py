@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import asdict
 from typing import Any
 
 from ..errors import JobError, UsageError
@@ -18,6 +19,7 @@ from ..text import clip
 from .badges import error_html, error_text
 from .late import LateDisplay
 from .render import answer_bundle
+from .status import Listing
 
 STATE_MARK = {"queued": "…", "running": "…", "done": "✓", "failed": "✗", "cancelled": "⊘"}
 
@@ -87,8 +89,8 @@ def _show_background(
     if result.record is not None:
         badge.update(
             {
-                "text/html": badge_html(result.record, flags, session.config.pricing),
-                "text/plain": badge_text(result.record, flags, session.config.pricing),
+                "text/html": badge_html(result.record, flags, session.policy.prices),
+                "text/plain": badge_text(result.record, flags, session.policy.prices),
             }
         )
 
@@ -112,23 +114,54 @@ def _error_bundle(message: str) -> dict[str, str]:
 # --- %mirai jobs ------------------------------------------------------------------------
 
 
+_JOB_COLUMNS = ("id", "state", "kind", "profile", "age", "items", "attempts", "tokens in/out")
+NO_JOBS = "no jobs yet — `%%mirai --bg` or mirai_magics.batch(...) start one"
+
+
+class JobListing(Listing):
+    """`%mirai jobs`: the job rows as dicts; text/plain keeps the fixed-width table."""
+
+    def text(self) -> str:
+        if not self:
+            return NO_JOBS
+        head = "{:<8} {:<12} {:<5} {:<8} {:>6} {:>9} {:>8} {:>14}  prompt".format(*_JOB_COLUMNS)
+        lines = [head]
+        for r in self.rows:
+            lines.append("{:<8} {:<12} {:<5} {:<8} {:>6} {:>9} {:>8} {:>14}  {}".format(*r))
+        return "\n".join(lines)
+
+
+def job_cells(row: Any, now: float) -> tuple[str, ...]:
+    """One job as table cells (pure): id, state, kind, profile, age, items, attempts, tokens,
+    prompt."""
+    state = "interrupted" if row.orphaned else row.state
+    items = f"{row.settled}/{row.total}" + (f" ✗{row.failed}" if row.failed else "")
+    tokens = f"{row.tokens_in:,}/{row.tokens_out:,}"
+    return (
+        row.id,
+        state,
+        row.kind,
+        row.profile,
+        _age(now - row.created),
+        items,
+        str(row.attempts),
+        tokens,
+        clip(row.label, 40),
+    )
+
+
+def jobs_listing(session: Any, limit: int = 20) -> JobListing:
+    """Newest first; ``x = %mirai jobs`` is a list of dicts (one per job, as stored)."""
+    rows = session.jobs.rows(limit)
+    now = time.time()
+    cells = [job_cells(r, now) for r in rows]
+    items = [{**asdict(r), "orphaned": r.orphaned} for r in rows]
+    return JobListing("mirai jobs", (*_JOB_COLUMNS, "prompt"), cells, items, NO_JOBS)
+
+
 def jobs_table(session: Any, limit: int = 20) -> str:
     """id, state, profile, age, items, attempts, tokens — newest first."""
-    rows = session.jobs.rows(limit)
-    if not rows:
-        return "no jobs yet — `%%mirai --bg` or mirai_magics.batch(...) start one"
-    now = time.time()
-    head = ("id", "state", "kind", "profile", "age", "items", "attempts", "tokens in/out")
-    lines = ["{:<8} {:<12} {:<5} {:<8} {:>6} {:>9} {:>8} {:>14}  prompt".format(*head)]
-    for r in rows:
-        state = "interrupted" if r.orphaned else r.state
-        items = f"{r.settled}/{r.total}" + (f" ✗{r.failed}" if r.failed else "")
-        tokens = f"{r.tokens_in:,}/{r.tokens_out:,}"
-        lines.append(
-            f"{r.id:<8} {state:<12} {r.kind:<5} {r.profile:<8} {_age(now - r.created):>6} "
-            f"{items:>9} {r.attempts:>8} {tokens:>14}  {clip(r.label, 40)}"
-        )
-    return "\n".join(lines)
+    return jobs_listing(session, limit).text()
 
 
 def _age(seconds: float) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..text import clip
 from .render import show_note
-from .status import show_grid, show_table
+from .status import Listing, show_table
 
 _COLUMNS = (
     "time",
@@ -48,22 +48,28 @@ def log_row(call: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def show_log(session: Any, limit: int = 10, as_json: bool = False) -> None:
-    """Print the last ``limit`` calls of the session's call log as a table (or JSON)."""
+def log_listing(session: Any, limit: int = 10) -> Listing:
+    """The last ``limit`` calls of the session's call log (dicts, oldest first) as a table."""
     from ..calllog import main_log_path, read_calls
 
     path = main_log_path(session.config)
     if not session.config.observability.call_log.enabled:
-        show_note("the call log is off (observability.call_log.enabled: false)")
-        return
+        off = "the call log is off (observability.call_log.enabled: false)"
+        return Listing("call log", _COLUMNS, [], [], off)
     session.flush_logs()
     calls = read_calls(path, limit)
+    rows = [log_row(c) for c in calls]
+    empty = f"no calls logged yet in {path}"
+    return Listing(f"last {len(calls)} call(s) in {path}", _COLUMNS, rows, calls, empty)
+
+
+def show_log(session: Any, limit: int = 10, as_json: bool = False) -> Listing | None:
+    """`%mirai log`: the calls as a Listing (shown when it ends the cell), or JSON printed."""
+    calls = log_listing(session, limit)
     if as_json:
-        print(json.dumps(calls, indent=2, ensure_ascii=False))
-    elif not calls:
-        show_note(f"no calls logged yet in {path}")
-    else:
-        show_grid(f"last {len(calls)} call(s) in {path}", _COLUMNS, [log_row(c) for c in calls])
+        print(json.dumps(list(calls), indent=2, ensure_ascii=False))
+        return None
+    return calls
 
 
 def replay_command(session: Any, arg: str, fallthrough: bool = False) -> None:

@@ -21,6 +21,7 @@ from .status import show_grid
 BACKLOG = 2000  # cells kept while no session exists yet
 OUTPUT_CAP = 4000  # characters taken from a result's repr in the hook (the config cuts further)
 SEARCH_WAIT_S = 30.0
+SEARCH_COLUMNS = ("score", "cell", "snippet")
 
 # --- hooks (hot path) ---------------------------------------------------------------------
 
@@ -124,12 +125,17 @@ def open_memory(magics: Any) -> Any:
     return memory
 
 
-def search(memory: Any, query: str, k: int | None) -> None:
+def search(memory: Any, query: str, k: int | None, everywhere: bool = False) -> None:
+    """Show the hits for ``query``; those below ``context.rag.min_score`` are counted, not
+    shown (a prompt would not get them either)."""
     query = query.strip()
     if not query:
         raise UsageError("search needs a query", hint='e.g. `search "how did we load the data"`')
     memory.flush(SEARCH_WAIT_S)
-    show_hits(query, memory.search(query, k))
+    hits = memory.search(query, k, everywhere=everywhere)
+    floor = memory.settings.min_score
+    shown = [h for h in hits if h.score >= floor]
+    show_hits(query, shown, hidden=len(hits) - len(shown), floor=floor, everywhere=everywhere)
 
 
 def stats(memory: Any) -> None:
@@ -194,8 +200,19 @@ def hit_rows(hits: list[Any]) -> list[tuple[str, str, str]]:
     return [(f"{h.score:.2f}", h.label, snippet(h.body)) for h in hits]
 
 
-def show_hits(query: str, hits: list[Any]) -> None:
-    """The search table: score, In[n] (or file:line), snippet."""
-    rows = hit_rows(hits)
-    title = f'memory search "{query}": {len(rows)} hit{"s" if len(rows) != 1 else ""}'
-    show_grid(title, ("score", "cell", "snippet"), rows)
+def show_hits(
+    query: str, hits: list[Any], hidden: int = 0, floor: float = 0.0, everywhere: bool = False
+) -> None:
+    """The search table: score, In[n] (another notebook's: its name first, or file:line),
+    snippet; the title says how many hits scored below ``floor`` and were left out."""
+    show_grid(
+        hits_title(query, len(hits), hidden, floor, everywhere), SEARCH_COLUMNS, hit_rows(hits)
+    )
+
+
+def hits_title(query: str, shown: int, hidden: int, floor: float, everywhere: bool) -> str:
+    where = " (all notebooks)" if everywhere else ""
+    title = f'memory search "{query}"{where}: {shown} hit{"s" if shown != 1 else ""}'
+    if hidden:
+        title += f" ({hidden} more below min_score {floor:.2f})"
+    return title

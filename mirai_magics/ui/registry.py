@@ -2,12 +2,16 @@
 
 Dispatch, `-h`, `%mirai help NAME`, the unknown-command line and the listing in `%%mirai?`
 all read the same table, so they cannot drift apart. A group nests a second table
-(`%mirai memory search …`).
+(`%mirai memory search …`). A usage error names the problem in the user's words
+(``-n needs a whole number, got 'abc'``) and suggests the nearest command, option or choice
+(``unknown command 'stauts' (did you mean status?)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,9 @@ from ..text import clip
 
 HELP_FLAGS = ("-h", "--help")
 Handler = Callable[[Any, argparse.Namespace], Any]
+_ARGUMENT = re.compile(r"argument (?P<name>[^:]+): (?P<problem>.*)", re.DOTALL)
+_CHOICE = re.compile(r"invalid choice: (?P<value>.*?) \(choose from (?P<choices>.*)\)")
+_BUILTIN_TYPE = re.compile(r"invalid (?P<type>int|float) value: (?P<value>.*)")
 
 
 class _Formatter(MagicHelpFormatter):
@@ -52,7 +59,8 @@ class Subcommand:
         try:
             return self.parser.parse_intermixed_args(words)
         except IPythonUsageError as exc:  # MagicArgumentParser raises instead of exiting
-            raise UsageError(str(exc).strip(), hint=self.usage()) from None
+            problem = explain(str(exc).strip(), option_strings(self.parser))
+            raise UsageError(problem, hint=self.usage()) from None
 
     def run(self, target: Any, words: list[str]) -> Any:
         if any(word in HELP_FLAGS for word in words):
@@ -111,7 +119,7 @@ class Registry:
         entry = self.entries.get(name)
         if entry is None:
             raise UsageError(
-                f"unknown {self.noun} {name!r}",
+                f"unknown {self.noun} {name!r}{did_you_mean(name, self.entries)}",
                 hint=f"{self.usage()} (`%{self.prog} NAME -h` for details)",
             )
         return entry
@@ -130,6 +138,61 @@ class Registry:
         if not words or words[0] in HELP_FLAGS:
             return print(self.help())
         return self.find(words[0]).run(target, words[1:])
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean status?)`` for the closest known spelling, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option spelling the parser accepts (``-n``, ``--limit``, …)."""
+    return [s for action in parser._actions for s in action.option_strings]  # no public list
+
+
+def explain(message: str, options: Iterable[str] = ()) -> str:
+    """argparse's complaint in the user's words: ``-n needs a whole number, got 'abc'``,
+    ``-f: 'jsn' is not one of text, json (did you mean json?)``, and for an option nobody
+    declared the nearest one (``unrecognized arguments: --jsno (did you mean --json?)``)."""
+    if message.startswith("unrecognized arguments: "):
+        first = message.split(": ", 1)[1].split()[0]
+        return message + (did_you_mean(first, options) if first.startswith("-") else "")
+    matched = _ARGUMENT.fullmatch(message)
+    if matched is None:
+        return message
+    name, problem = min(matched["name"].split("/"), key=len), matched["problem"]
+    if choice := _CHOICE.fullmatch(problem):
+        value = choice["value"].strip("'\"")
+        choices = [c.strip().strip("'\"") for c in choice["choices"].split(",")]
+        known = ", ".join(choices)
+        return f"{name}: {value!r} is not one of {known}{did_you_mean(value, choices)}"
+    if builtin := _BUILTIN_TYPE.fullmatch(problem):
+        kind = "a whole number" if builtin["type"] == "int" else "a number"
+        return f"{name} needs {kind}, got {builtin['value']}"
+    if problem.startswith("expected one argument"):
+        return f"{name} needs a value"
+    return f"{name} {problem}"
+
+
+def as_cell_magic(func: Any) -> None:
+    """A line-cell magic's page with ``%%NAME …`` as its usage line (magic_arguments writes
+    ``%NAME``): the cell form is the one these options belong to."""
+    func.parser.prog = "%" + func.parser.prog.lstrip("%")
+    func.__doc__ = func.parser.format_help()
+
+
+def with_profiles(page: str, config: Any, auto: str = "") -> str:
+    """``page`` with the config's chat profiles (name and model) before its line commands."""
+    rows = [(name, config.chat_profile(name).model) for name in config.chat_profiles()]
+    if auto:
+        rows.append(("auto", auto))
+    width = max(len(name) for name, _ in rows)
+    table = "\n".join(
+        [f"profiles ({config.source}):", *(f"  {n.ljust(width)}  {what}" for n, what in rows)]
+    )
+    head, sep, tail = page.partition("\nline commands (")
+    return f"{head}\n{table}\n{sep}{tail}" if sep else f"{page.rstrip()}\n\n{table}\n"
 
 
 def _first_line(text: str | None) -> str:

@@ -15,24 +15,23 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic_arguments import argument, parse_argstring
 
 from ..errors import MiraiError, UsageError
+from .argtypes import bounded
+
+MAX_TIMEOUT_S = 24 * 3600.0
 
 
 def seconds(text: str) -> float:
-    """argparse type: a number of seconds above 0."""
+    """argparse type: a number of seconds above 0, at most a day."""
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"needs seconds above 0, got {text!r}")
+    if not 0 < value <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"needs seconds above 0, at most 86400, got {text!r}")
     return value
 
 
-def megabytes(text: str) -> int:
-    """argparse type: a whole number of MB, 16 or more."""
-    if not text.isdigit() or int(text) < 16:
-        raise argparse.ArgumentTypeError(f"needs a whole number of MB ≥ 16, got {text!r}")
-    return int(text)
+megabytes = bounded(16, 1024 * 1024)  # MB: 16 MB to 1 TB
 
 
 SANDBOX_OPTIONS = (

@@ -1,4 +1,14 @@
-"""`%mirai status` and `%mirai history`: tables from the session's records."""
+"""`%mirai status` and `%mirai history`: tables from the session's records.
+
+A line command's result is a ``Table``: shown as a titled table (``text/html`` and
+``text/plain``) when it ends a cell, plain data in Python (``x = %mirai status``): a
+``Report`` is a dict (label → value), a ``Listing`` a list (of dicts, messages, …).
+
+Cost rows: the session's spend per model (settled real costs, ``client/spend.py``) next to
+the notebook's (every call of this notebook identity in the call log, earlier kernels'
+too), then ``limits.budget_usd``'s caps with what is spent against them; shown once a call
+cost something (or its cost is unknown) or a cap is set.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,9 @@ from typing import Any
 from IPython.display import display
 
 from ..client.routing import AUTO
+from ..pricing import ModelSpend, usd
 from ..quantiles import percentile
+from ..schema import BudgetUsd
 from ..text import clip
 from .defaults import CellDefaults
 
@@ -41,6 +53,7 @@ def status_rows(session: Any, defaults: CellDefaults) -> list[tuple[str, str]]:
         rows.append(routing_row(records, session.config.routing.target))
     rows += profile_rows(session.config)
     rows += answered_rows(records)
+    rows += cost_rows(session.policy.spend, notebook_costs(session))
     rows += [(f"breaker {model}", state) for model, state in session.breaker_states().items()]
     rows += [(label, value) for label, value in session.extra_status()]
     return rows
@@ -81,26 +94,147 @@ def answered_rows(records: list[Any]) -> list[tuple[str, str]]:
     ]
 
 
+def notebook_costs(session: Any) -> dict[str, ModelSpend] | None:
+    """This notebook's calls per model from the call log (None: the call log is off)."""
+    from ..calllog import cost_totals
+
+    log = next((log for log in session.call_logs if not log.cassette), None)
+    if log is None:
+        return None
+    log.flush()  # rows are written in the background: the last call counts too
+    return cost_totals(log.path, notebook=log.notebook)
+
+
+def cost_rows(spend: Any, notebook: dict[str, ModelSpend] | None) -> list[tuple[str, str]]:
+    """``cost`` (session · notebook totals), ``cost <model>`` for each model either used, and
+    each ``limits.budget_usd`` cap with what is spent against it. None while every call cost
+    $0 (the offline server, local models) and no cap is set: nothing to show yet."""
+    mine, theirs, caps = spend.totals(), notebook or {}, spend.budget
+    paid = any(s.cost or s.unpriced for s in [*mine.values(), *theirs.values()])
+    if not paid and caps == BudgetUsd():
+        return []
+    shown = "notebook: call log off" if notebook is None else f"notebook {_total(theirs)}"
+    rows = [("cost", f"session {_total(mine)} · {shown}")]
+    for model in dict.fromkeys([*mine, *theirs]):
+        parts = [spent_text("session", mine.get(model, ModelSpend()))]
+        if notebook is not None:
+            parts.append(spent_text("notebook", theirs.get(model, ModelSpend())))
+        rows.append((f"cost {model}", " · ".join(parts)))
+    if caps.per_session is not None:
+        spent = f"{usd(spend.session_total)} of {usd(caps.per_session)}"
+        rows.append(("budget this session", f"{spent} (limits.budget_usd.per_session)"))
+    if caps.per_day is not None:
+        spent = f"{usd(spend.today())} of {usd(caps.per_day)}"
+        rows.append(("budget today", f"{spent} (limits.budget_usd.per_day)"))
+    return rows
+
+
+def spent_text(where: str, spent: ModelSpend) -> str:
+    """``session $0.000100 (3 calls)``, ``notebook $0.0019 (40 calls, 2 cost unknown)``."""
+    calls = f"{spent.calls:,} call" + ("s" if spent.calls != 1 else "")
+    unknown = f", {spent.unpriced:,} cost unknown" if spent.unpriced else ""
+    return f"{where} {usd(spent.cost)} ({calls}{unknown})"
+
+
+def _total(spent: dict[str, ModelSpend]) -> str:
+    return usd(sum(s.cost for s in spent.values()))
+
+
+def status_report(session: Any, defaults: CellDefaults) -> Report:
+    """`%mirai status`: the rows above as a Report."""
+    return Report("mirai status", status_rows(session, defaults))
+
+
 def show_status(session: Any, defaults: CellDefaults) -> None:
-    rows = status_rows(session, defaults)
-    show_table("mirai status", rows)
+    display(status_report(session, defaults))
+
+
+def history_listing(messages: list[dict[str, Any]]) -> Listing:
+    """`%mirai history`: the messages (plain dicts); an empty history is one line."""
+    rows = [(m["role"], clip(m.get("content", ""), 120)) for m in messages]
+    empty = "history: empty (the next %%mirai cell sends no earlier turns)"
+    return Listing(f"history: {len(messages)} messages", None, rows, messages, empty)
 
 
 def show_history(messages: list[dict[str, Any]]) -> None:
-    rows = [(m["role"], clip(m.get("content", ""), 120)) for m in messages]
-    show_table(f"history: {len(messages)} messages", rows or [("(empty)", "")])
+    display(history_listing(messages))
 
 
-def show_table(title: str, rows: list[tuple[str, str]]) -> None:
-    width = max(len(label) for label, _ in rows)
-    text = "\n".join([title, *(f"{label.ljust(width)}  {value}" for label, value in rows)])
+class Table:
+    """A line command's result as a titled table: label/value rows when ``header`` is None,
+    else a grid; ``empty`` is the one line shown when there are no rows."""
+
+    title: str
+    header: tuple[str, ...] | None
+    rows: list[tuple[str, ...]]
+    empty: str = ""
+
+    def text(self) -> str:
+        if not self.rows and self.empty:
+            return self.empty
+        if self.header is None:
+            return label_text(self.title, self.rows)
+        return "\n".join([self.title, *text_grid(self.header, self.rows)])
+
+    def _repr_html_(self) -> str:
+        if not self.rows and self.empty:
+            return f"<em class='mirai-note'>{html.escape(self.empty)}</em>"
+        if self.header is None:
+            return label_html(self.title, self.rows)
+        return grid_html(self.title, self.header, self.rows)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.text())
+
+
+class Report(Table, dict):
+    """Label → value (a repeated label keeps every value, as a list), shown as a table."""
+
+    def __init__(self, title: str, rows: list[tuple[str, str]]):
+        values: dict[str, Any] = {}
+        for label, value in rows:
+            if label not in values:
+                values[label] = value
+            elif isinstance(values[label], list):
+                values[label].append(value)
+            else:
+                values[label] = [values[label], value]
+        super().__init__(values)
+        self.title, self.header, self.rows = title, None, list(rows)
+
+
+class Listing(Table, list):
+    """A list of plain items (dicts, messages, …), shown as a titled table of ``rows``."""
+
+    def __init__(
+        self,
+        title: str,
+        header: tuple[str, ...] | None,
+        rows: list[tuple[str, ...]],
+        items: list[Any],
+        empty: str = "",
+    ):
+        super().__init__(items)
+        self.title, self.header, self.rows, self.empty = title, header, list(rows), empty
+
+
+def label_text(title: str, rows: list[tuple[str, ...]]) -> str:
+    """A title and label/value rows as aligned text (pure)."""
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join([title, *(f"{label.ljust(width)}  {value}" for label, value in rows)])
+
+
+def label_html(title: str, rows: list[tuple[str, ...]]) -> str:
     cells = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
         f"<td style='text-align:left'>{html.escape(value)}</td></tr>"
         for label, value in rows
     )
-    markup = f"<table class='mirai-status'><caption>{html.escape(title)}</caption>{cells}</table>"
-    display({"text/html": markup, "text/plain": text}, raw=True)
+    return f"<table class='mirai-status'><caption>{html.escape(title)}</caption>{cells}</table>"
+
+
+def show_table(title: str, rows: list[tuple[str, str]]) -> None:
+    display({"text/html": label_html(title, rows), "text/plain": label_text(title, rows)}, raw=True)
 
 
 def _ms(value: float | None) -> str:
@@ -116,16 +250,19 @@ def text_grid(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]
     ]
 
 
-def show_grid(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Display a titled table with a header row: HTML, and text/plain for nbval and consoles."""
+def grid_html(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     cell = "<{0} style='text-align:left'>{1}</{0}>"
     head = "".join(cell.format("th", html.escape(c)) for c in header)
     body = "".join(
         "<tr>" + "".join(cell.format("td", html.escape(c)) for c in r) + "</tr>" for r in rows
     )
-    markup = (
+    return (
         f"<table class='mirai-table'><caption>{html.escape(title)}</caption>"
         f"<tr>{head}</tr>{body}</table>"
     )
+
+
+def show_grid(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Display a titled table with a header row: HTML, and text/plain for nbval and consoles."""
     text = "\n".join([title, *text_grid(header, rows)])
-    display({"text/html": markup, "text/plain": text}, raw=True)
+    display({"text/html": grid_html(title, header, rows), "text/plain": text}, raw=True)

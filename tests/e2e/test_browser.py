@@ -16,7 +16,9 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.e2e
 
 LOAD = "%load_ext mirai_magics"
-BADGE = re.compile(r"(\w+)/([\w.-]+) · (\d[\d,]*) → (\d[\d,]*) tokens · (\d[\d,]*) ms")
+BADGE = re.compile(
+    r"(\w+)/([\w.-]+) · (\d[\d,]*) → (\d[\d,]*) tokens · (\d[\d,]*(?:\.\d)?) (ms|s)\b"
+)
 CHAT_PATH = "/v1/chat/completions"
 OWN_OUTPUT = ".jp-Cell-outputArea"  # the cell's own output area, not one inside a widget
 ROWS_JS = (
@@ -37,9 +39,10 @@ def badge_facts(notebook, index: int) -> tuple[str, str, int, int, int]:
     expect(badge).to_have_count(1)
     match = BADGE.search(badge.inner_text())
     assert match, f"badge without model · tokens · latency: {badge.inner_text()!r}"
-    profile, model, *numbers = match.groups()
-    tokens_in, tokens_out, latency = (int(n.replace(",", "")) for n in numbers)
-    return profile, model, tokens_in, tokens_out, latency
+    profile, model, *numbers, unit = match.groups()
+    tokens_in, tokens_out, latency = (float(n.replace(",", "")) for n in numbers)
+    latency *= 1000 if unit == "s" else 1  # `850 ms`, or `1.6 s` from one second on
+    return profile, model, int(tokens_in), int(tokens_out), int(latency)
 
 
 def test_streamed_answer_grows_in_place_then_shows_a_badge(open_notebook, e2e_server):
@@ -133,7 +136,7 @@ def test_refused_key_is_one_red_line_and_the_next_cell_still_runs(
 
     error = cell.locator(".mirai-error")
     expect(error).to_have_count(1)
-    expect(error).to_have_css("color", "rgb(176, 0, 32)")
+    expect(error).to_have_css("color", "rgb(211, 47, 47)")  # the light theme's --jp-error-color1
     text = error.inner_text()
     assert "\n" not in text.strip() and "API key was refused" in text
     assert e2e_key not in cell.inner_text() and "sk-test" not in cell.inner_text()

@@ -1,0 +1,87 @@
+"""Tools from the Python API: functions → JSON tool specs, and tool calls back as data.
+
+``Session.chat(prompt, tools=[get_weather, {...}])`` sends each Python function as a
+``{"type": "function", "function": {name, description, parameters}}`` spec (parameters from
+its signature via pydantic, description from the first docstring paragraph); a dict is
+sent as written. The reply's ``tool_calls`` list what the model asked for; nothing runs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import UsageError
+
+
+class Answer(str):
+    """An answer's text that carries the tool calls the model asked for."""
+
+    tool_calls: tuple[dict[str, Any], ...]
+
+    def __new__(cls, text: str, tool_calls: Sequence[dict[str, Any]] = ()) -> Answer:
+        self = super().__new__(cls, text)
+        self.tool_calls = tuple(tool_calls)
+        return self
+
+
+def tool_specs(tools: Sequence[Callable[..., Any] | dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON specs of ``tools`` (functions converted, dicts as given)."""
+    return [tool_spec(tool) for tool in tools]
+
+
+def tool_spec(tool: Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
+    """One tool as the API takes it; anything but a function or a dict is one line."""
+    if isinstance(tool, dict):
+        return tool
+    if not callable(tool) or not hasattr(tool, "__name__"):
+        raise UsageError(
+            f"tools=[…] takes functions or JSON specs, not {type(tool).__name__}",
+            hint='pass a def, or {"type": "function", "function": {"name": …}}',
+        )
+    function: dict[str, Any] = {"name": tool.__name__, "parameters": parameters_of(tool)}
+    doc = inspect.getdoc(tool)
+    if doc:
+        function["description"] = doc.split("\n\n", 1)[0].strip()
+    return {"type": "function", "function": function}
+
+
+def parameters_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The JSON schema of ``fn``'s arguments (pydantic's, without its titles)."""
+    from pydantic import TypeAdapter
+
+    try:
+        schema = TypeAdapter(fn).json_schema()
+    except Exception as exc:  # an annotation pydantic cannot express as JSON schema
+        raise UsageError(
+            f"tool {fn.__name__}: its arguments have no JSON schema ({exc})",
+            hint="annotate them with str, int, float, bool, lists or pydantic models",
+        ) from None
+    return _untitled(schema)
+
+
+def _untitled(schema: Any) -> Any:
+    """``schema`` without pydantic's generated ``title`` keys (noise for the model)."""
+    if isinstance(schema, dict):
+        kept = {k: v for k, v in schema.items() if k != "title" or not isinstance(v, str)}
+        return {k: _untitled(v) for k, v in kept.items()}
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    return schema
+
+
+def calls_of(sdk_calls: Any) -> list[dict[str, Any]]:
+    """The SDK's ``message.tool_calls`` as ``{"id", "name", "arguments"}`` dicts; arguments
+    that are not JSON stay a string."""
+    out = []
+    for call in sdk_calls or []:
+        function = getattr(call, "function", None)
+        raw = getattr(function, "arguments", "") or ""
+        try:
+            arguments: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            arguments = raw
+        out.append({"id": call.id, "name": getattr(function, "name", ""), "arguments": arguments})
+    return out

@@ -1,0 +1,224 @@
+"""One redaction pass: the corpus (recall 1.0, no look-alike touched), configured names, and
+a password assigned or interpolated in a real kernel, followed to the server and to disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kernelutil import REPO, Kernel, server_kernel_env
+from redaction_corpus import LOOKALIKES, SECRETS
+
+from mirai_magics import redact as redaction
+from mirai_magics.config import parse_config
+from mirai_magics.errors import ConfigError
+from mirai_magics.redact import REDACTED, redact
+from mirai_magics.server import OfflineServer
+from mirai_magics.ui.cell import CellRequest
+from mirai_magics.ui.interpolate import interpolate
+
+KEY = "sk-test-redaction-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def default_names():
+    """Every test starts, and leaves, with the default secret names."""
+    redaction.configure()
+    yield
+    redaction.configure()
+
+
+def request(text: str, **kwargs) -> CellRequest:
+    return CellRequest(text=text, profile="main", fmt="markdown", overrides={}, **kwargs)
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+
+def test_the_corpus_holds_30_secret_shapes_and_30_lookalikes():
+    assert len(SECRETS) >= 30 and len(LOOKALIKES) >= 30
+
+
+@pytest.mark.parametrize(("text", "secret"), SECRETS, ids=[t[:40] for t, _ in SECRETS])
+def test_every_secret_shape_is_redacted_once_and_for_all(text, secret):
+    once = redact(text)
+    assert secret not in once and REDACTED in once
+    assert redact(once) == once  # idempotent: the call log's request hash relies on it
+
+
+@pytest.mark.parametrize("text", LOOKALIKES, ids=[t[:40] for t in LOOKALIKES])
+def test_no_lookalike_is_touched(text):
+    assert redact(text) == text
+
+
+def test_a_url_keeps_its_scheme_user_and_host():
+    line = "Error: postgresql://admin:pw@db.internal:5432/sales refused"
+    assert redact(line) == f"Error: postgresql://admin:{REDACTED}@db.internal:5432/sales refused"
+
+
+def test_the_benchmark_prints_recall_1_and_its_precision():
+    bench = REPO / "benchmarks" / "bench_redaction.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--repeat", "3"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "recall    = 1.000" in out and "precision = 1.000" in out
+    assert "µs/KB" in out and "old pass" in out
+
+
+# --- configured names --------------------------------------------------------------------------
+
+
+def test_configured_names_replace_the_defaults_and_a_session_restores_its_own(make_session):
+    make_session("security: {redact_assignments: [pin_code, 'vault_*']}")
+    assert redact("pin_code = '4711-0815'") == f"pin_code = '{REDACTED}'"
+    assert redact("VAULT_ROLE=r0le-4f9a8b7c") == f"VAULT_ROLE={REDACTED}"  # glob: key-like
+    assert redact("vault_mode = 'standby'") == "vault_mode = 'standby'"  # glob: a plain word
+    assert redact("db_password = 'hunter2'") == "db_password = 'hunter2'"  # not named any more
+    make_session()  # a session with the default names sets them again
+    assert redact("db_password = 'hunter2'") == f"db_password = '{REDACTED}'"
+
+
+def test_a_bad_name_in_the_config_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as caught:
+        parse_config("security: {redact_assignments: ['db password']}", "bad.yaml")
+    assert "redact_assignments" in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --- explicit interpolation ---------------------------------------------------------------------
+
+
+def test_an_interpolated_secret_is_sent_as_asked_and_stored_redacted(
+    make_session, offline_server, isolated_home
+):
+    session = make_session(NO_MEMORY + "observability: {logging: {include_prompts: true}}")
+    secret = "hunter2-session-5e1d"
+    template = "Log in with {db_password} as {user}."
+    text = interpolate(template, {"db_password": secret, "user": "ana"}).text
+    assert text.references == (("db_password", secret), ("user", "ana"))
+
+    prepared = session.prepare(text, request(template))
+    reply = session.chat(prepared.messages, "main")
+    session.history.append_turn(prepared.user_text, reply.text)  # as the cell does
+    sent = offline_server.stats_snapshot().recent[-1]["body"]["messages"]
+    assert sent[-1]["content"] == f"Log in with {secret} as ana."  # sent as asked
+
+    later = session.prepare("And now?", request("And now?"))
+    session.chat(later.messages, "main")
+    again = json.dumps(offline_server.stats_snapshot().recent[-1]["body"]["messages"])
+    assert secret not in again and f"Log in with {REDACTED} as ana." in again
+    session.flush_logs()
+    stored = b"".join(p.read_bytes() for p in sorted(isolated_home.glob("calls.*")))
+    assert secret.encode() not in stored and f"with {REDACTED} as ana".encode() in stored
+
+
+def test_a_plain_name_interpolated_is_not_remembered(make_session, offline_server):
+    session = make_session(NO_MEMORY)
+    text = interpolate("Summarise {region}.", {"region": "north-east-7"}).text
+    prepared = session.prepare(text, request("Summarise {region}."))
+    session.history.append_turn(prepared.user_text, "ok")
+    assert session.history.window()[0]["content"] == "Summarise north-east-7."
+
+
+# --- in a real kernel: assigned, failed on, fixed, interpolated ------------------------------
+
+NO_MEMORY = "context: {rag: {enabled: false}}\n"
+PASSWORD = "hunter2-kernel-7f3a"
+SENT = "hunter2-sent-91c2"
+KERNEL_CONFIG = (
+    "context: {rag: {min_score: 0.1}}\n"  # the server's bag-of-words vectors score lower
+    "observability: {logging: {include_prompts: true}}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with OfflineServer().start() as srv:
+        yield srv
+
+
+def bodies(server: OfflineServer, path: str = "") -> list[dict]:
+    return [r["body"] for r in server.stats_snapshot()["recent"] if r["path"].endswith(path)]
+
+
+def stored_files(home: Path) -> dict[str, bytes]:
+    """Every file mirai wrote under ``home`` (memory.sqlite and its -wal, calls.sqlite,
+    calls.jsonl, the cassette), raw."""
+    return {p.name: p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()}
+
+
+def flush(kernel: Kernel) -> None:
+    kernel.run(
+        "_s = get_ipython().magics_manager.registry['MiraiMagics'].session\n"
+        "_s.flush_logs(); _s.memory.flush(10)  # mirai: no-index"
+    )
+
+
+@pytest.mark.kernel
+def test_an_assigned_password_never_leaves_the_kernel_nor_reaches_disk(server, tmp_path):
+    server.reset()
+    env = server_kernel_env(server.url, tmp_path, KERNEL_CONFIG, KEY)
+    env["MIRAI_RECORD"] = str(tmp_path / "notebook.cassette.sqlite")
+    with Kernel(tmp_path, env) as k:
+        k.run("%load_ext mirai_magics")
+        k.run(f'db_password = "{PASSWORD}"\nsales_db = "postgresql://db.internal/sales"')
+        k.run(
+            "def connect(user):\n"
+            '    raise ConnectionError(f"postgresql://{user}:{db_password}@db.internal/sales '
+            'refused the connection")\n'
+            "connect('admin')",
+            allow_error=True,
+        )
+        fixed = k.run("%mirai fix")
+        k.run("%%mirai\nWhich sales_db password does this notebook use?")
+        k.run("%%mirai\nAnd which user does it connect as?")
+        flush(k)
+        on_disk = stored_files(tmp_path)  # with the kernel alive: the WAL files are there
+    on_disk.update(stored_files(tmp_path))
+    every = json.dumps(bodies(server))
+    fix = next(b for b in bodies(server, "/chat/completions") if "raised an error" in str(b))
+    embedded = json.dumps(bodies(server, "/embeddings"))
+    assert PASSWORD not in every and "[REDACTED]" in every and KEY not in every
+    assert f"postgresql://admin:{REDACTED}@db.internal/sales" in fix["messages"][-1]["content"]
+    assert "db_password" in embedded and PASSWORD not in embedded  # the cells were embedded
+    assert PASSWORD not in fixed.text  # nor in what the notebook saves
+    later = bodies(server, "/chat/completions")[-1]["messages"]
+    assert any("raised an error" in m["content"] for m in later)  # the fix, through history
+    blocks = [m["content"] for b in bodies(server) for m in b.get("messages", [])]
+    blocks = [text for text in blocks if text.startswith("Earlier cells")]
+    assert any(f'db_password = "{REDACTED}"' in text for text in blocks)  # retrieved, redacted
+    names = set(on_disk)
+    assert {"memory.sqlite", "calls.sqlite", "calls.jsonl", "notebook.cassette.sqlite"} <= names
+    assert "memory.sqlite-wal" in names and "calls.sqlite-wal" in names
+    for name, data in on_disk.items():
+        assert PASSWORD.encode() not in data, name
+    memory = on_disk["memory.sqlite-wal"] + on_disk["memory.sqlite"]
+    assert f'db_password = "{REDACTED}"'.encode() in memory
+
+
+@pytest.mark.kernel
+def test_an_interpolated_password_is_sent_once_and_stored_redacted(server, tmp_path):
+    server.reset()
+    env = server_kernel_env(server.url, tmp_path, KERNEL_CONFIG, KEY)
+    env["MIRAI_RECORD"] = str(tmp_path / "notebook.cassette.sqlite")
+    with Kernel(tmp_path, env) as k:
+        k.run("%load_ext mirai_magics")
+        k.run(f'db_password = "{SENT}"')
+        k.run("%%mirai --no-memory\nIs {db_password} a strong database password?")
+        k.run("%%mirai\nSuggest a stronger one.")
+        history = k.run(
+            "print(get_ipython().magics_manager.registry['MiraiMagics'].session.history.window())"
+        ).text
+        flush(k)
+        on_disk = stored_files(tmp_path)
+    chats = bodies(server, "/chat/completions")
+    assert chats[0]["messages"][-1]["content"] == f"Is {SENT} a strong database password?"
+    embedded = json.dumps(bodies(server, "/embeddings"))
+    assert SENT not in json.dumps(chats[1:]) and SENT not in embedded
+    assert f"Is {REDACTED} a strong database password?" in json.dumps(chats[1]["messages"])
+    assert SENT not in history and REDACTED in history
+    for name, data in on_disk.items():
+        assert SENT.encode() not in data, name
+    assert f"Is {REDACTED} a strong".encode() in on_disk["notebook.cassette.sqlite"]
