@@ -125,3 +125,30 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def kernel_fixtures(
+    name: str, config_yaml: str, key: str, *, kernel_name: str = "kernel"
+) -> tuple[Any, Any]:
+    """Module-scoped ``server`` and ``kernel`` fixtures: an offline server, and a kernel on it
+    with its own config and MIRAI_HOME and the extension loaded. In a test module::
+
+        server, kernel = kernel_fixtures("typed", CONFIG, KEY)
+    """
+    import pytest
+
+    from mirai_magics.server import OfflineServer
+
+    @pytest.fixture(scope="module")
+    def server() -> Any:
+        with OfflineServer().start() as srv:
+            yield srv
+
+    @pytest.fixture(scope="module", name=kernel_name)
+    def kernel(server: Any, tmp_path_factory: Any) -> Any:
+        home = tmp_path_factory.mktemp(name)
+        with Kernel(home, server_kernel_env(server.url, home, config_yaml, key)) as k:
+            k.run("%load_ext mirai_magics")
+            yield k
+
+    return server, kernel

@@ -11,11 +11,10 @@ import urllib.request
 
 import nbformat
 import pytest
-from kernelutil import Kernel, server_kernel_env
+from kernelutil import Kernel, kernel_fixtures, server_kernel_env
 
 from mirai_magics.client.records import CallRecord
 from mirai_magics.config import parse_config
-from mirai_magics.server import OfflineServer
 from mirai_magics.telemetry.metrics import ENV_PORT, busy_notice
 from mirai_magics.ui.defaults import CellDefaults
 from mirai_magics.ui.fix import FailedCell, fix_prompt, format_error
@@ -130,18 +129,7 @@ def test_a_busy_port_notice_names_the_setting_the_port_came_from(monkeypatch):
 # --- in a kernel -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OfflineServer().start() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("conventions")
-    with Kernel(home, server_kernel_env(server.url, home, NO_MEMORY, KEY)) as k:
-        k.run("%load_ext mirai_magics")
-        yield k
+server, kernel = kernel_fixtures("conventions", NO_MEMORY, KEY)
 
 
 @pytest.fixture

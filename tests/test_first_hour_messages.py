@@ -15,12 +15,11 @@ import threading
 import time
 
 import pytest
-from kernelutil import Kernel, server_kernel_env
+from kernelutil import kernel_fixtures
 
 from mirai_magics.client.records import CallRecord
 from mirai_magics.config import parse_config
-from mirai_magics.errors import CallInterrupted, RetriesExhaustedError, UsageError
-from mirai_magics.server import OfflineServer
+from mirai_magics.errors import CallInterrupted, CircuitOpenError, RetriesExhaustedError, UsageError
 from mirai_magics.session import Session
 from mirai_magics.ui.badges import badge_text, latency_text, waiting_line
 from mirai_magics.ui.commands import COMMANDS
@@ -195,6 +194,21 @@ def test_an_exhausted_fallback_chain_names_the_chain_and_the_cause(make_session,
     assert models == ["gpt-4o"] * 4 + ["gpt-4o-mini"] * 4 + ["gpt-3.5-turbo"] * 4
 
 
+def test_an_open_breaker_on_the_last_hop_still_names_the_chain(make_session, offline_server):
+    session = make_session(
+        "defaults: {backoff: {base_ms: 1, max_ms: 2}}\ncircuit_breaker: {failure_threshold: 4}"
+    )
+    offline_server.set_faults(fail_5xx=1.0)
+    with pytest.raises(RetriesExhaustedError):
+        session.chat(HELLO, "fast")  # fast's breaker opens (4 failed attempts)
+    offline_server.reset_stats()
+    with pytest.raises(CircuitOpenError) as info:
+        session.chat(HELLO, "heavy")
+    message = str(info.value)
+    assert message.startswith("heavy/gpt-4o → main → fast all failed: circuit breaker open")
+    assert "\n" not in message
+
+
 def test_a_chain_with_different_causes_lists_each_once(make_session, offline_server):
     session = make_session()
     offline_server.set_faults(retry_after=0)
@@ -281,18 +295,7 @@ kernel_test = pytest.mark.kernel
 KERNEL_CONFIG = "defaults: {backoff: {base_ms: 1, max_ms: 2}}\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OfflineServer().start() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("first-hour")
-    with Kernel(home, server_kernel_env(server.url, home, KERNEL_CONFIG, KEY)) as k:
-        k.run("%load_ext mirai_magics")
-        yield k
+server, kernel = kernel_fixtures("first-hour", KERNEL_CONFIG, KEY)
 
 
 @pytest.fixture(autouse=True)

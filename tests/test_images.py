@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
-import json
+import re
 import sqlite3
+from pathlib import Path
 
 import httpx
 import matplotlib
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from mirai_magics.calllog import read_calls
-from mirai_magics.errors import UsageError
+from mirai_magics.errors import MiraiError, ReplayMissError, UsageError
 from mirai_magics.images import TOKEN, decode_data_url, header_size, to_image
 from mirai_magics.replay import Replay
 from mirai_magics.tokens import image_tokens
@@ -22,10 +24,18 @@ from mirai_magics.ui.cell import CellRequest
 from mirai_magics.ui.interpolate import interpolate
 
 matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
 
 KEY = "sk-test-images-0123456789abcdef"
+README = Path(__file__).resolve().parent.parent / "README.md"
 NO_MEMORY = "context: {rag: {enabled: false}}\n"
+
+
+def readme_block(name: str) -> str:
+    """The ```python block after ``<!-- test-script: NAME -->`` in the README."""
+    text = README.read_text(encoding="utf-8")
+    found = re.search(rf"<!-- test-script: {name} -->\n```python\n(.*?)\n```\n", text, re.S)
+    assert found, f"README has no test-script {name!r}"
+    return found.group(1)
 
 
 def figure(width_in: float = 4, height_in: float = 3) -> Figure:
@@ -83,9 +93,7 @@ def test_max_side_is_configurable_and_numpy_bytes_and_files_are_images(
     path = tmp_path / "photo.png"
     path.write_bytes(png(100, 50))
     ns = {"arr": array, "raw": png(1000, 1000), "data": np.zeros((4, 4))}
-    prepared, _reply = ask(
-        session, "{arr} {raw} {data}", ns, images=[str(path)], detail="low"
-    )
+    prepared, _reply = ask(session, "{arr} {raw} {data}", ns, images=[str(path)], detail="low")
     assert sent_images(offline_server) == [
         ("png", 128, 256, "low"),
         ("png", 256, 256, "low"),
@@ -164,14 +172,16 @@ def test_replay_matches_on_the_image_hash(make_session, offline_server, monkeypa
     recorder.close()
     monkeypatch.delenv("MIRAI_RECORD")
     with sqlite3.connect(cassette) as conn:
-        assert b"base64," not in b"".join(r[0].encode() for r in conn.execute("SELECT messages FROM calls"))
+        assert b"base64," not in b"".join(
+            r[0].encode() for r in conn.execute("SELECT messages FROM calls")
+        )
     player = make_session(NO_MEMORY)
     player.set_replay(Replay(cassette))
     sent = offline_server.stats_snapshot().requests
     _, again = ask(player, "Describe {img}", {"img": png(64, 32)}, history=False)
     assert again.text == recorded.text and again.record.replayed
     assert offline_server.stats_snapshot().requests == sent
-    with pytest.raises(Exception, match="never recorded|no recording"):
+    with pytest.raises(ReplayMissError, match="this prompt was never recorded"):
         ask(player, "Describe {img}", {"img": png(64, 32, "green")}, history=False)
 
 
@@ -200,3 +210,75 @@ def test_interpolation_marks_images_and_keeps_the_rest_text():
     assert result.text.images and len(result.text.images) == 1
     assert result.text == f"a {TOKEN.format(0)} b 3 c {{fig}}"
     assert result.text.references == (("n", "3"),)
+
+
+SHOW_PNG = """
+import io
+from IPython.display import Image, display
+from PIL import Image as Pil
+buffer = io.BytesIO()
+Pil.new("RGB", ({w}, {h}), "red").save(buffer, format="PNG")
+{how}
+"""
+
+
+@pytest.mark.kernel
+def test_out_and_disp_of_a_cell_that_showed_a_png_in_a_real_kernel(tmp_path, offline_server):
+    from kernelutil import Kernel, server_kernel_env
+
+    env = server_kernel_env(offline_server.url, tmp_path, NO_MEMORY, KEY)
+    with Kernel(tmp_path, env) as kernel:
+        kernel.run("%load_ext mirai_magics")
+        shown = kernel.run(SHOW_PNG.format(w=320, h=200, how="Image(data=buffer.getvalue())"))
+        assert shown.data("image/png")
+        n = int(kernel.run("print(len(In) - 2)").text)
+        asked = kernel.run(f"%%mirai --no-history --detail low\nDescribe {{Out[{n}]}} briefly.")
+        assert sent_images(offline_server) == [("png", 320, 200, "low")]
+        assert "1 image" in [t for t in asked.data("text/plain") if "[mirai]" in t][-1]
+        kernel.run(SHOW_PNG.format(w=64, h=48, how="display(Image(data=buffer.getvalue()))"))
+        m = int(kernel.run("print(len(In) - 2)").text)
+        path = tmp_path / "extra.png"
+        path.write_bytes(png(30, 10))
+        kernel.run(f"%%mirai --no-history --image {path}\nCompare {{Disp[{m}]}} with the file.")
+        assert sent_images(offline_server) == [("png", 64, 48, "auto"), ("png", 30, 10, "auto")]
+        refused = kernel.run(f"%%mirai fast --no-history\nDescribe {{Disp[{m}]}}")
+        assert "takes no images" in refused.text
+        kernel.run(readme_block("plot"))  # the README's plot and cell
+        cell = "%%mirai --detail low\nWhat trend does {fig} show?"
+        assert f"```\n{cell}\n```" in README.read_text(encoding="utf-8")
+        answer = kernel.run(cell).text
+        assert sent_images(offline_server) == [("png", 400, 300, "low")]
+        assert "Images: 1 image: png 400×300 (low)" in answer
+
+
+def test_a_fallback_never_sends_images_to_a_model_without_vision(make_session, offline_server):
+    session = make_session(NO_MEMORY)
+    offline_server.set_faults(force_status=429)  # main fails; its fallback would be fast
+    with pytest.raises(MiraiError):
+        ask(session, "Describe {img}", {"img": png(20, 20)}, history=False)
+    models = offline_server.stats_snapshot().by_model
+    assert models.get("gpt-4o-mini", 0) >= 1 and "gpt-3.5-turbo" not in models
+    offline_server.set_faults(force_status=None)
+    reply = session.chat("no image here")  # text alone still falls back as before
+    assert reply.record.profile == "main"
+
+
+def test_the_jsonl_log_keeps_an_image_as_its_placeholder():
+    from mirai_magics.client.records import CallRecord
+    from mirai_magics.telemetry.logs import call_fields
+
+    url = "data:image/png;base64," + base64.b64encode(png(40, 30)).decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+            ],
+        }
+    ]
+    record = CallRecord(profile="main", model="gpt-4o-mini")
+    line = call_fields(record, [], 0.0, messages, "a red box", include_prompts=True)
+    logged = str(line["prompt"])
+    assert url[30:80] not in logged and re.search(r"\[image sha256:[0-9a-f]{64} 40×30\]", logged)
+    assert "what is this?" in logged

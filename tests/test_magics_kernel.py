@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from kernelutil import Kernel, server_kernel_env
-
-from mirai_magics.server import OfflineServer
+from kernelutil import kernel_fixtures
 
 pytestmark = pytest.mark.kernel
 KEY = "sk-test-magics-0123456789abcdef"
@@ -20,18 +18,7 @@ context: {rag: {enabled: false}}
 SAMPLING = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "max_tokens")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OfflineServer().start() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("kernel")
-    with Kernel(home, server_kernel_env(server.url, home, TEST_CONFIG, KEY)) as k:
-        k.run("%load_ext mirai_magics")
-        yield k
+server, kernel = kernel_fixtures("kernel", TEST_CONFIG, KEY)
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from kernelutil import Kernel, server_kernel_env
-
-from mirai_magics.server import OfflineServer
+from kernelutil import kernel_fixtures
 
 pytestmark = [
     pytest.mark.kernel,
@@ -18,18 +16,7 @@ KEY = "sk-test-sandbox-kernel-0123456789abcdef"
 CONFIG = "context: {rag: {enabled: false}}\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OfflineServer().start() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("sandbox-kernel")
-    with Kernel(home, server_kernel_env(server.url, home, CONFIG, KEY)) as k:
-        k.run("%load_ext mirai_magics")
-        yield k
+server, kernel = kernel_fixtures("sandbox-kernel", CONFIG, KEY)
 
 
 def sandbox_line(execution) -> str:

@@ -14,14 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from kernelutil import Kernel, server_kernel_env
+from kernelutil import kernel_fixtures
 from pydantic import BaseModel, Field
 
 from mirai_magics.answer_schema import _strict, model_schema, resolve_schema, schema_of
 from mirai_magics.api import batch, collect
 from mirai_magics.config import parse_config
 from mirai_magics.errors import UsageError
-from mirai_magics.server import OfflineServer
 from mirai_magics.server.instances import instance, typed_answer
 from mirai_magics.ui.cell import request_from_args
 
@@ -291,21 +290,15 @@ def test_batch_refuses_a_schema_it_cannot_use(make_session, offline_server):
 # --- in a real kernel ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OfflineServer().start() as srv:
-        yield srv
+KERNEL_CONFIG = NO_MEMORY + "defaults: {max_retries: 1}\n"
+server, loaded_kernel = kernel_fixtures("typed", KERNEL_CONFIG, KEY, kernel_name="loaded_kernel")
 
 
 @pytest.fixture(scope="module")
-def kernel(server, tmp_path_factory):
-    home = tmp_path_factory.mktemp("typed")
-    config = NO_MEMORY + "defaults: {max_retries: 1}\n"
-    with Kernel(home, server_kernel_env(server.url, home, config, KEY)) as k:
-        k.run("%load_ext mirai_magics")
-        k.run(readme_block("typed-model"))  # the README's Person
-        k.run(f"city_schema = {CITY!r}")
-        yield k
+def kernel(loaded_kernel):
+    loaded_kernel.run(readme_block("typed-model"))  # the README's Person
+    loaded_kernel.run(f"city_schema = {CITY!r}")
+    return loaded_kernel
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ that endpoint's SDK client, built on first use; breakers are per (endpoint, mode
 fallback chain may cross endpoints: 429s, 5xx and an open breaker hand over to the next
 profile; timeouts and connection errors, which hit a whole endpoint, to the next profile
 on another endpoint (``heavy → main → local-llama``: an OpenAI outage ends at local-llama).
+A request with images skips the profiles whose model has no vision. ``tools``/``tool_choice``
+are sent as given; the tool calls of the answer come back on ``Reply.tool_calls``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from ..config import Config, Profile
 from ..errors import CircuitOpenError, MiraiError, RetriesExhaustedError
+from ..images import image_urls
 from ..telemetry.tracing import traced_call
 from ..tokens import count_messages, count_text, message_text
 from .breaker import CircuitBreaker
 from .canary import Canaries
 from .deadline import DEADLINE_SETTING, Deadline, bounded
 from .endpoint import SdkClients
-from .failures import as_mirai_error, fallback_reason
+from .failures import as_mirai_error, chain_label, fallback_reason
 from .keys import KEY_ROTATED
 from .observers import Observer
 from .params import chat_params, output_cap
@@ -221,7 +224,7 @@ class ResilientClient:
         finally:
             record.latency_ms = (self.clock() - started) * 1000
             self._call_ended(record, messages, text)
-        return Reply(text, record, list(getattr(text, "tool_calls", ())))
+        return Reply(text, record, tool_calls=list(getattr(text, "tool_calls", ())))
 
     @traced_call("embeddings")
     async def embed(
@@ -273,6 +276,8 @@ class ResilientClient:
     async def _chat_with_fallback(self, call: _Call) -> str:
         record = call.record
         candidates = self._candidates(record.requested_profile, record)
+        if image_urls(call.messages):  # a fallback never sends images to a model without vision
+            candidates = [n for n in candidates if self.config.profile(n).vision] or candidates
         index = 0
         while True:
             try:
@@ -281,6 +286,8 @@ class ResilientClient:
                 ends = [self.config.profile(name).endpoint for name in candidates]
                 hop = next_hop(exc, ends, index)
                 if hop is None:
+                    if isinstance(exc, CircuitOpenError) and record.fallbacks:
+                        exc.message = f"{chain_label(record)} all failed: {exc.message}"
                     raise
                 reason, to = hop
                 record.degrade(Degradation(FALLBACK, reason, candidates[index], candidates[to]))

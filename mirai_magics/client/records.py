@@ -154,7 +154,7 @@ class Reply:
 
     text: str
     record: CallRecord
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list, kw_only=True)
 
     def __str__(self) -> str:
         return self.text

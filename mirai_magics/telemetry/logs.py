@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..background import BatchWriter
 from ..calllog_rows import redacted, storable
 from ..client.records import CallRecord
+from ..images import without_images
 from ..memory.home import make_home
 from ..redact import DEFAULT_SECRET_NAMES, secret_env_values
 
@@ -68,8 +69,8 @@ def call_fields(
     every = record_fields(record)
     stamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds")
     line = {"time": stamp, "event": EVENT, **{name: every[name] for name in fields}}
-    if include_prompts:
-        line["prompt"], line["response"] = messages, text
+    if include_prompts:  # images as their placeholders, never their bytes
+        line["prompt"], line["response"] = without_images(messages), text
     return line
 
 

@@ -29,8 +29,15 @@ class Displays(dict):
         for mime in IMAGE_TYPES:
             image = as_bytes(data.get(mime))
             if image is not None:
-                self[int(self.shell.execution_count)] = image
+                self[running_cell(self.shell)] = image
                 return
+
+
+def running_cell(shell: Any) -> int:
+    """The running cell's number: In[] already holds it (execution_count is bumped before or
+    after a cell runs, depending on the IPython version)."""
+    inputs = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
+    return len(inputs) - 1 if isinstance(inputs, list) else int(shell.execution_count)
 
 
 def as_bytes(value: Any) -> bytes | None:
