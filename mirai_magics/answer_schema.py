@@ -162,10 +162,17 @@ def _validator(schema: dict[str, Any]) -> Any:
 def model_schema(model: Any) -> dict[str, Any]:
     """The strict JSON schema of a pydantic model, as the openai SDK builds it."""
     try:
-        from openai.lib._pydantic import to_strict_json_schema
-    except ImportError:  # an SDK that moved it: the same rules, here
-        return strict_schema(model.model_json_schema())
-    return to_strict_json_schema(model)
+        try:
+            from openai.lib._pydantic import to_strict_json_schema
+        except ImportError:  # an SDK that moved it: the same rules, here
+            return strict_schema(model.model_json_schema())
+        return to_strict_json_schema(model)
+    except (TypeError, ValueError, RuntimeError) as exc:  # PydanticInvalidForJsonSchema…
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"{getattr(model, '__name__', model)!s} has no JSON schema ({reason})",
+            hint="give --schema a model whose fields are JSON types",
+        ) from None
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from .client.records import CallRecord
     from .config import Config
 
-_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-4o-2024-08-06 → gpt-4o
+# gpt-4o-2024-08-06, claude-3-5-sonnet-20241022, gpt-4-0613, gpt-35-turbo-0125 → undated
+_DATED = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 CATALOG_PROVIDERS = ("openai", None)  # genai-prices: OpenAI's model first, then anyone's
 
 
@@ -102,25 +103,30 @@ class ModelSpend:
 
 @dataclass(frozen=True)
 class Prices:
-    """The price rules of one config: its ``pricing:`` table and the endpoints that send no
-    key (``keyless``; None when unknown: then an offline-server answer counts as keyless)."""
+    """The price rules of one config: its ``pricing:`` table, the named endpoints that send no
+    key (``keyless``; None when unknown: then an offline-server answer counts as keyless), and
+    the default endpoint's key variable, looked up when a call is priced (a key set in a cell
+    after `%load_ext` makes the calls paid from then on)."""
 
     table: Mapping[str, Any] = field(default_factory=dict)
     keyless: frozenset[str] | None = None
+    default_key_var: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, env: Mapping[str, str] | None = None) -> Prices:
-        env = os.environ if env is None else env
         keyless = {name for name, e in config.endpoints.items() if e.api_key_env_var is None}
-        if not env.get(config.security.api_key_env_var):
-            keyless.add(DEFAULT_ENDPOINT)
-        return cls(dict(config.pricing), frozenset(keyless))
+        env = os.environ if env is None else env
+        return cls(dict(config.pricing), frozenset(keyless), config.security.api_key_env_var, env)
 
     def free(self, record: CallRecord) -> bool:
         """True when the record's endpoint sends no API key (a local server)."""
         if self.keyless is None:
             return record.offline
-        return (record.endpoint or DEFAULT_ENDPOINT) in self.keyless
+        endpoint = record.endpoint or DEFAULT_ENDPOINT
+        if endpoint == DEFAULT_ENDPOINT and self.default_key_var is not None:
+            return not self.env.get(self.default_key_var)
+        return endpoint in self.keyless
 
     def listed(self, model: str) -> bool:
         """True when ``pricing:`` names the model (or its undated name)."""

@@ -94,8 +94,10 @@ _NAME_START = frozenset(string.ascii_letters + "_")
 _LINE_LEAD = re.compile(r"[ \t]*(?:-[ \t]+)?")
 _KEY_MATERIAL = re.compile(r"(?=\S*\d)(?=\S*[A-Za-z])\S{8,}|(?=\S*[a-z])(?=\S*[A-Z])[\w+/=\-]{16,}")
 _FILE_NAME = re.compile(r"\S*\.[A-Za-z]{1,8}")
-_NOT_SECRET = re.compile(  # numbers, constants, $VAR, placeholders: (not set), …, <token>
+_NOT_SECRET = re.compile(  # numbers, constants, $VAR, placeholders: (not set), …, <token>,
+    # and tokenizer special tokens ([PAD], [CLS], <|endoftext|>)
     r"-?\d{1,5}(?:\.\d+)?|None|True|False|null|true|false|~|\$\{?\w+\}?|\([^()]*\)|[.…*]+|<[^<>]*>"
+    r"|\[[A-Z_]{1,16}\]"
 )
 _TYPE_NAME = re.compile(r"(?:str|bytes|int|float|bool|Any|object|Secret\w*|Optional|Union)\b|.*\[")
 _EXPRESSION = re.compile(r"[\w.]+")  # before ( [ , ): a call, subscript or variable, not a value

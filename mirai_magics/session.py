@@ -104,8 +104,9 @@ class Session:
         self.history.max_messages = config.context.max_history_messages
         if self.policy is None or quota_settings(old) != quota_settings(config):
             kwargs = {k: v for k, v in (("clock", self._clock), ("sleep", self._sleep)) if v}
+            spent = self.policy.spend if self.policy is not None else None  # budgets go on
             self._close_policy()
-            self.policy = Policy(config, **kwargs)
+            self.policy = Policy(config, spend=spent, **kwargs)
         else:  # a reload with the same limits keeps budgets, buckets and rule state
             self.policy.config = config
         if self.telemetry is None:  # one registry per Session: reload never re-registers
@@ -292,10 +293,14 @@ class Session:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def reload(self, config_path: str | None = None, *, memory: bool | None = None) -> None:
-        """Re-read the config file (``config_path`` if given) and the API key; rebuild."""
-        config = load_config(config_path or self.config_path)  # a bad file changes nothing
-        self.config_path = config_path or self.config_path
+    def reload(
+        self, config_path: str | None = None, *, memory: bool | None = None, default: bool = False
+    ) -> None:
+        """Re-read the config file (``config_path`` if given; ``default``: back to the default
+        lookup, $MIRAI_CONFIG or the packaged file) and the API key; rebuild."""
+        path = None if default else config_path or self.config_path
+        config = load_config(path)  # a bad file changes nothing
+        self.config_path = path
         self.memory_switch = self.memory_switch if memory is None else memory
         self._apply(config)
         if self._jobs is not None:

@@ -11,8 +11,25 @@ from .images import ImagePart, from_file, to_image
 
 def cell_images(text: Any, request: Any, max_side: int) -> list[ImagePart]:
     """The interpolated images of ``text`` (``Filled.images``), then the ``--image`` files."""
-    images = [to_image(value, max_side) for value in getattr(text, "images", ())]
-    return images + [from_file(path, max_side) for path in getattr(request, "images", ()) or ()]
+    images = [_converted(to_image, value, max_side) for value in getattr(text, "images", ())]
+    files = getattr(request, "images", ()) or ()
+    return images + [_converted(from_file, path, max_side) for path in files]
+
+
+def _converted(convert: Any, value: Any, max_side: int) -> ImagePart:
+    """One image, or a one-line UsageError: a broken, huge or non-PNG/JPEG value is bad
+    input, never a traceback."""
+    try:
+        return convert(value, max_side)
+    except UsageError:
+        raise
+    except Exception as exc:  # PIL's UnidentifiedImageError, DecompressionBombError, TypeError…
+        what = value if isinstance(value, str) else type(value).__name__
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(
+            f"cannot use {what} as an image ({reason})",
+            hint="pass a PNG/JPEG file, bytes, a PIL image or a matplotlib figure",
+        ) from None
 
 
 def vision_profile(config: Any, profile: str) -> tuple[str, str | None]:

@@ -17,3 +17,11 @@ os.environ["MIRAI_STREAM"] = "0"
 os.environ["MIRAI_HOME"] = tempfile.mkdtemp(prefix="mirai-nbval-")  # no memory left from a past run
 os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable
 os.environ["MIRAI_METRICS_PORT"] = "0"  # a free port (9090 may be taken); the sanitizer hides it
+
+
+def pytest_runtest_setup(item):
+    """Each notebook is a notebook of its own for mirai (memory scope, cost totals), as in
+    JupyterLab where JPY_SESSION_NAME names it: its kernel starts with MIRAI_NOTEBOOK set to
+    the file's name, so notebooks sharing this MIRAI_HOME do not see each other's calls."""
+    if str(item.fspath).endswith(".ipynb"):
+        os.environ["MIRAI_NOTEBOOK"] = os.path.basename(str(item.fspath))

@@ -21,6 +21,7 @@ import conftest  # noqa: F401  (sets the same environment as the nbval run)
 
 
 def execute(path: str) -> None:
+    os.environ["MIRAI_NOTEBOOK"] = os.path.basename(path)  # as conftest.py does under nbval
     nb = nbformat.read(path, as_version=4)
     folder = os.path.dirname(os.path.abspath(path))
     client = NotebookClient(

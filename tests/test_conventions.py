@@ -185,7 +185,13 @@ def test_config_settings_apply_from_the_next_cell(fresh, server, tmp_path):
     kernel.run(f"%config MiraiMagics.config_path = {str(other)!r}")  # no %mirai reload
     kernel.run("%%mirai\nwith the other file")
     assert last_body(server)["max_tokens"] == 77
-    kernel.run("%config MiraiMagics.config_path = None")
+    kernel.run("%config MiraiMagics.config_path = None")  # back to the kernel's own config
+    kernel.run("%%mirai\nwith the default file")
+    assert last_body(server)["max_tokens"] != 77
+    bad = kernel.run(f"%config MiraiMagics.config_path = {str(tmp_path / 'nope.yaml')!r}")
+    assert len(plain(bad)) == 1 and plain(bad)[0].startswith("[mirai] ✗ ")
+    assert kernel.run(f"print({MAGICS}.config_path)").text.strip() == "None"  # reverted
+    assert "config and API key re-read" in kernel.run("%mirai reload").text  # still works
     kernel.run("%config MiraiMagics.default_profile = None")
 
 

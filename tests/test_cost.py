@@ -267,3 +267,49 @@ def test_status_shows_session_and_notebook_totals_per_model_across_a_restart(tmp
     assert row("cost gpt-4o-mini") == f"session $0 (0 calls) · notebook {usd(mini)} (2 calls)"
     assert row("cost gpt-4o") == f"session {usd(heavy)} (1 call) · notebook {usd(heavy)} (1 call)"
     assert row("budget today") == f"{usd(mini + heavy)} of $5.00 (limits.budget_usd.per_day)"
+
+
+def test_a_key_set_after_load_makes_the_default_endpoint_paid():
+    from mirai_magics.client.records import CallRecord
+    from mirai_magics.config import parse_config
+    from mirai_magics.pricing import Prices
+
+    env: dict[str, str] = {}
+    prices = Prices.from_config(parse_config(""), env)  # built at `%load_ext`, no key yet
+    record = CallRecord(profile="main", model="gpt-4o-mini")
+    assert prices.free(record)
+    env["OPENAI_API_KEY"] = "sk-test-cost-set-later-0123456789"  # set in the next cell
+    assert not prices.free(record)
+
+
+def test_every_dated_name_form_falls_back_to_its_undated_price():
+    from mirai_magics.pricing import undated
+
+    assert undated("gpt-4o-2024-08-06") == "gpt-4o"
+    assert undated("claude-3-5-sonnet-20241022") == "claude-3-5-sonnet"
+    assert undated("gpt-4-0613") == "gpt-4" and undated("gpt-35-turbo-0125") == "gpt-35-turbo"
+    assert undated("o1-preview") == "o1-preview"
+
+
+def test_a_reload_that_rebuilds_the_policy_keeps_the_sessions_spend(
+    make_session, offline_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cost-reload-0123456789")
+    path = tmp_path / "mirai.yaml"
+    body = (
+        "endpoint: {{base_url: '" + offline_server.url + "'}}\n"
+        "pricing: {{gpt-4o-mini: {{input: 10, output: 10}}}}\n"
+        "limits: {{budget_usd: {{per_session: 1.0}}, rps: {{chat: {rps}}}}}\n"
+        "context: {{rag: {{enabled: false}}}}\n"
+    )
+    path.write_text(body.format(rps=5))
+    from mirai_magics.session import Session
+
+    with Session(config_path=str(path)) as session:
+        session.chat([{"role": "user", "content": "hello"}])
+        spent = session.policy.spend.session_total
+        path.write_text(body.format(rps=6))  # another limit: the Policy is rebuilt
+        before = session.policy
+        session.reload()
+        assert session.policy is not before and spent > 0
+        assert session.policy.spend.session_total == spent

@@ -204,6 +204,27 @@ def test_a_wait_past_the_deadline_on_a_fake_clock_sends_nothing(
     assert offline_server.stats_snapshot()["requests"] == 1
 
 
+def test_a_spent_deadline_does_not_fall_back_to_another_endpoint(
+    make_session, offline_server, sleeps
+):
+    from mirai_magics.server import OfflineServer
+
+    with OfflineServer(models=("llama3.2",)).start() as local:
+        extra = (
+            f"limits: {{rps: {{chat: 0.1}}, max_wait_s: 30}}\n"
+            f"endpoints: {{local: {{base_url: '{local.url}', api_key_env_var: null}}}}\n"
+            "models: {local-llama: {name: llama3.2, endpoint: local, max_tokens: 300}}\n"
+            "degradation: {fallback_chain: [main, local-llama]}"
+        )
+        session = make_session(bounds(30, 5, extra))
+        session.chat(HELLO)
+        with pytest.raises(RetriesExhaustedError, match=r"gpt-4o-mini: timed out after 5 s"):
+            session.chat(HELLO)
+        assert session.records[-1].degradations == []  # no hop after the deadline
+        assert sleeps.calls == [10.0]  # and no second wait for the other profile's rate slot
+        assert local.stats_snapshot()["requests"] == 0
+
+
 def test_slow_answers_within_their_bounds_succeed(make_session, offline_server):
     session = make_session(bounds(2, 3), fake_time=False)
     offline_server.set_faults(stream_delay_ms=50)  # a dozen events, ~0.6 s in all

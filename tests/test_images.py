@@ -282,3 +282,21 @@ def test_the_jsonl_log_keeps_an_image_as_its_placeholder():
     logged = str(line["prompt"])
     assert url[30:80] not in logged and re.search(r"\[image sha256:[0-9a-f]{64} 40×30\]", logged)
     assert "what is this?" in logged
+
+
+def test_a_broken_or_unsupported_image_is_one_line(tmp_path):
+    from mirai_magics.vision import cell_images
+
+    gif = tmp_path / "x.gif"
+    gif.write_bytes(b"GIF89a" + b"\0" * 20)
+    from IPython.display import Image as Shown
+
+    no_data = Shown(url="http://127.0.0.1:9/never-fetched.png")  # an IPython image, no bytes
+    for value, request in (
+        (interpolate("{u}", {"u": no_data}).text, None),
+        ("", CellRequest("", "main", "markdown", {}, images=[str(gif)])),
+    ):
+        with pytest.raises(UsageError) as info:
+            cell_images(value, request, 1024)
+        line = str(info.value)
+        assert "\n" not in line and ("as an image" in line or "not a PNG or JPEG" in line)

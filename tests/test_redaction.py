@@ -222,3 +222,27 @@ def test_an_interpolated_password_is_sent_once_and_stored_redacted(server, tmp_p
     for name, data in on_disk.items():
         assert SENT.encode() not in data, name
     assert f"Is {REDACTED} a strong".encode() in on_disk["notebook.cassette.sqlite"]
+
+
+def test_a_background_cell_is_sent_as_asked_and_stored_redacted(
+    make_session, offline_server, isolated_home
+):
+    from mirai_magics.jobs.items import payload
+
+    session = make_session(NO_MEMORY)
+    secret = "hunter2-background-7c2a"
+    interpolate("{db_password}", {"db_password": secret})  # remembered as interpolated
+    item = payload([{"role": "user", "content": f"password={secret}"}], "main")
+    live = session.jobs.submit("cell", "main", [item], label=f"password={secret}")
+    assert session.jobs.wait(live.id, timeout_s=20).state == "done"
+    sent = offline_server.stats_snapshot().recent[-1]["body"]["messages"]
+    assert sent[-1]["content"] == f"password={secret}"  # sent as asked
+    assert session.jobs.results(live.id)[0].text.endswith(f"password={REDACTED}")  # stored
+    session.close()
+    stored = b"".join(p.read_bytes() for p in sorted(isolated_home.glob("jobs.sqlite*")))
+    assert stored and secret.encode() not in stored  # payload, label and answer on disk
+
+
+def test_tokenizer_special_tokens_are_not_secrets():
+    code = 'pad_token = "[PAD]"\ncls_token = "[CLS]"\neos_token = "<|endoftext|>"'
+    assert redact(code) == code

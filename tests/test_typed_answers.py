@@ -430,3 +430,18 @@ def test_the_readme_batch_gives_people(fresh, server):
     assert shown(fresh, "people[0].data.age, people.failed") == "0 []"
     assert shown(fresh, "type(people[1].data).__name__") == "Person"
     assert len(chat_bodies(server)) == 2
+
+
+def test_a_model_without_a_json_schema_is_one_line():
+    from collections.abc import Callable
+
+    from pydantic import BaseModel
+
+    from mirai_magics.answer_schema import model_schema
+
+    class Handler(BaseModel):
+        on_done: Callable[[int], None]
+
+    with pytest.raises(UsageError) as info:
+        model_schema(Handler)
+    assert "Handler has no JSON schema" in str(info.value) and "\n" not in str(info.value)

@@ -92,10 +92,10 @@ class Admission:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        try:
-            record = self.record
-            await self._settle_tokens((record.tokens_in or 0) + (record.tokens_out or 0))
+        record = self.record
+        try:  # money first: it is local and cannot fail; a Redis settle may be cancelled
             self.policy.spend.settle(self.hold, record, failed=exc[0] is not None)
+            await self._settle_tokens((record.tokens_in or 0) + (record.tokens_out or 0))
         finally:
             await self.slots.__aexit__(None, None, None)
 

@@ -284,8 +284,8 @@ class ResilientClient:
                 return await self._chat_profile(call, candidates[index])
             except (CircuitOpenError, RetriesExhaustedError) as exc:
                 ends = [self.config.profile(name).endpoint for name in candidates]
-                hop = next_hop(exc, ends, index)
-                if hop is None:
+                hop = next_hop(exc, ends, index) if call.deadline.remaining() > 0 else None
+                if hop is None:  # the chain ends, or the deadline is spent: no hop after it
                     if isinstance(exc, CircuitOpenError) and record.fallbacks:
                         exc.message = f"{chain_label(record)} all failed: {exc.message}"
                     raise
@@ -306,6 +306,7 @@ class ResilientClient:
             params = self.policy.adjust_params(params, record)
         record.profile, record.model, record.params = name, params["model"], params
         record.endpoint = prof.endpoint
+        record.new_hop()  # what the previous profile's answer set does not carry over
         record.tokens_estimated = call.estimate + output_cap(params)
         if self.replay is not None:
             replayed = await self.replay.answer(record, params, call.messages, call.shown.on_text)

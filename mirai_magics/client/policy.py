@@ -47,9 +47,10 @@ class Policy:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        spend: Spend | None = None,
     ):
         limits = config.limits
-        self.spend = Spend()  # kept across reloads with the Policy (see quota_settings)
+        self.spend = spend or Spend()  # the session's spend: a rebuilt Policy is given it
         self.config = config
         self.clock, self.sleep = clock, sleep
         self.buckets = {

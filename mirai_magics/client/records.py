@@ -128,6 +128,11 @@ class CallRecord:
         """The profile asked for, when another one answered."""
         return self.requested_profile if self.reroute is not None else None
 
+    def new_hop(self) -> None:
+        """A fallback hop starts: the previous profile's answer fields do not carry over."""
+        self.tokens_in = self.tokens_out = self.response_model = self.finish_reason = None
+        self.offline = False
+
     def degrade(self, degradation: Degradation) -> None:
         """Add a degradation once (a rule that applies to every hop is listed once); a hop
         away from the profile in use keeps that profile's model (``heavy/gpt-4o → main``)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..calllog_rows import redacted
 from ..errors import JobError
 from ..memory.home import make_home
 from ..redact import redact_all
@@ -167,10 +168,10 @@ class JobStore:
                 (
                     "failed" if result.get("error") else "done",
                     _redacted(result.get("text")),
-                    json.dumps(result["data"]) if result.get("data") is not None else None,
+                    _json_redacted(result.get("data")),
                     _redacted(result.get("error")),
                     result.get("error_code"),
-                    json.dumps(record, default=str),
+                    json.dumps(redacted(record), default=str),
                     int(record.get("attempts") or 0),
                     int(record.get("tokens_in") or 0),
                     int(record.get("tokens_out") or 0),
@@ -295,6 +296,11 @@ def _content(content: Any) -> Any:
 
 def _json(payload: dict[str, Any]) -> str:
     return json.dumps(payload, ensure_ascii=False)
+
+
+def _json_redacted(data: Any) -> str | None:
+    """A parsed JSON answer as stored: every string in it redacted."""
+    return None if data is None else json.dumps(redacted(data), ensure_ascii=False)
 
 
 def _redacted(text: str | None) -> str | None:

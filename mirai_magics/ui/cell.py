@@ -200,7 +200,11 @@ def _run_cell(request: CellRequest, session: Any, shell: Any, namespace: dict[st
     prepared, reply = answered
     prices = session.policy.prices  # pricing: + local endpoints + genai-prices
     with span("mirai.validate", format=request.fmt) as current:
-        reply, checked = _typed(request, session, prepared, reply)
+        try:
+            reply, checked = _typed(request, session, prepared, reply)  # may re-ask once
+        except KeyboardInterrupt:
+            waited = duration(waited_ms(request))
+            raise CallInterrupted(f"interrupted after {waited}; nothing added to history") from None
         handle = view.handle if view else None
         rendered = render_answer(reply, request.fmt, shell, handle, prices, checked)
         current.set_attribute("valid", not rendered.error)

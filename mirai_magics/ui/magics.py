@@ -125,9 +125,11 @@ class MiraiMagics(Magics):
         if self._session is None:
             return
         try:
-            self.session.reload(change["new"], memory=self.memory_enabled)
-        except MiraiError as exc:  # the old config stays in force
-            self._show_failure(exc)
+            new = change["new"]
+            self.session.reload(new, memory=self.memory_enabled, default=new is None)
+        except MiraiError as exc:  # the old config stays in force, and so does its path
+            self.config_path = change["old"]
+            _fail(exc)  # one red line (an observer has no cell frame to stop in strict mode)
 
     @observe("default_profile")
     def _profile_switched(self, change: Any) -> None:
@@ -309,8 +311,8 @@ class MiraiMagics(Magics):
 
         try:
             run_cell_body(self, line, cell)
-        except (MiraiError, ValueError, OSError) as exc:  # bad input: one line
-            _fail(exc)
+        except (MiraiError, ValueError, OSError) as exc:  # bad input: one line (strict: raises)
+            self._show_failure(exc)
 
     def _line(self, line: str) -> Any:
         """`%mirai NAME ARGS…` through the subcommand table (commands.py); no words: help.
@@ -326,7 +328,8 @@ class MiraiMagics(Magics):
         from .cell import run_cell
 
         request.strict = self.raise_on_error
-        request.started = self.cell_started or request.started  # first-call setup counts too
+        # the cell's first call counts its setup too; a second call in a loop starts afresh
+        request.started, self.cell_started = self.cell_started or request.started, None
         try:
             return run_cell(request, self.session, self.shell, self.namespace())
         except MiraiError as exc:  # strict mode: raised after its red line
