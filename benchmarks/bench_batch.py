@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/redisutil.py
+
 from common import KEY, PARAMS
 from openai import AsyncOpenAI
+from redisutil import RedisServer
 
 from mirai_magics.api import batch
 from mirai_magics.config import parse_config
@@ -330,21 +332,6 @@ def run_interactive(server: OfflineServer, args: argparse.Namespace) -> None:
 # --- (c) Arq: redis-server and `mirai worker`s -------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def stop_process(proc: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL if it lingers; only this process, by its handle."""
     if proc.poll() is not None:
@@ -359,22 +346,12 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def redis_server(binary: str, workdir: Path) -> Iterator[str]:
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    args += ["no", "--dir", str(workdir)]
-    log = (workdir / "redis.log").open("ab")
-    proc = subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    """The tests' redis-server launcher (tests/redisutil.py): a free port, no persistence."""
+    server = RedisServer(binary, workdir).start()
     try:
-        deadline = time.monotonic() + 10
-        while not answers_ping(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (workdir / "redis.log").read_text(errors="replace")[-500:]
-                raise RuntimeError(f"redis-server did not start on port {port}: {tail}")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        stop_process(proc)
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -162,6 +162,13 @@ def usage(body: dict, answer: str) -> dict:
 
 def completion_object(body: dict, cid: str, created: int, answer: str, finish: str) -> dict:
     message = {"role": "assistant", "content": answer, "refusal": None, "annotations": []}
+    return message_object(body, cid, created, message, finish, answer)
+
+
+def message_object(
+    body: dict, cid: str, created: int, message: dict, finish: str, counted: str
+) -> dict:
+    """A chat completion holding ``message``; ``counted``: the text its usage counts."""
     return {
         "id": cid,
         "object": "chat.completion",
@@ -169,7 +176,7 @@ def completion_object(body: dict, cid: str, created: int, answer: str, finish: s
         "model": body["model"],
         "system_fingerprint": FINGERPRINT,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(body, answer),
+        "usage": usage(body, counted),
     }
 
 

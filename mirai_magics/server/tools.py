@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from .answers import FINGERPRINT, last_user_text, usage
+from .answers import last_user_text, message_object
 from .errors import ApiError
 
 _CALL = re.compile(r"\bcall\s+`?([A-Za-z_][\w-]*)`?", re.IGNORECASE)
@@ -62,14 +62,4 @@ def _arguments(parameters: dict) -> dict:
 def tool_call_object(body: dict, cid: str, created: int, call: dict) -> dict:
     """A chat completion whose message holds ``call`` (finish reason ``tool_calls``)."""
     message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": body["model"],
-        "system_fingerprint": FINGERPRINT,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
-        ],
-        "usage": usage(body, json.dumps(call)),
-    }
+    return message_object(body, cid, created, message, "tool_calls", json.dumps(call))

@@ -16,9 +16,8 @@ from typing import Any
 from ..errors import JobError, UsageError
 from ..jobs.items import ItemResult, payload
 from ..text import clip
-from .badges import error_html, error_text
 from .late import LateDisplay
-from .render import answer_bundle
+from .render import answer_bundle, error_bundle
 from .status import Listing
 
 STATE_MARK = {"queued": "…", "running": "…", "done": "✓", "failed": "✗", "cancelled": "⊘"}
@@ -75,7 +74,7 @@ def _show_background(
     from .badges import badge_html, badge_text
 
     if not result.ok:
-        answer.update(_error_bundle(result.error or "failed"))
+        answer.update(error_bundle(result.error or "failed"))
     else:
         answer.update(answer_bundle(result.text, request.fmt, result.data))
         flags = [*flags, f"background {job_id}"]
@@ -97,7 +96,7 @@ def _show_background(
 
 def _ended_without_result(job: Any, answer: LateDisplay) -> None:
     if job.done + job.failed == 0 and job.already == 0:
-        answer.update(_error_bundle(f"job {job.id}: {job.error or 'cancelled'}"))
+        answer.update(error_bundle(f"job {job.id}: {job.error or 'cancelled'}"))
 
 
 def _line_bundle(line: str) -> dict[str, str]:
@@ -105,10 +104,6 @@ def _line_bundle(line: str) -> dict[str, str]:
         "text/plain": line,
         "text/html": f'<span style="opacity:.75;font-family:monospace">{html.escape(line)}</span>',
     }
-
-
-def _error_bundle(message: str) -> dict[str, str]:
-    return {"text/html": error_html(message), "text/plain": error_text(message)}
 
 
 # --- %mirai jobs ------------------------------------------------------------------------

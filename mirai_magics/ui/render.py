@@ -139,9 +139,14 @@ def show_badge(record: Any, flags: list[str], prices: Any = None) -> None:
     display(bundle, raw=True, metadata=answer_metadata(record, prices))
 
 
+def error_bundle(message: str) -> dict[str, str]:
+    """One red line (HTML) with its text/plain twin."""
+    return {"text/html": error_html(message), "text/plain": error_text(message)}
+
+
 def show_error(message: str, handle: Any = None) -> None:
-    """One red line (HTML) with a text/plain twin; replaces a live stream when given."""
-    _show({"text/html": error_html(message), "text/plain": error_text(message)}, handle)
+    """One red line; replaces a live stream when given."""
+    _show(error_bundle(message), handle)
 
 
 def show_note(text: str) -> None:
