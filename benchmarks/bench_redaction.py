@@ -104,6 +104,12 @@ HOSTILE = {  # 100 KB runs that would make a careless pass quadratic
     "sort_key=…": "sort_key=" * 11_000,
     "eyJ…": "eyJ" * 33_000,
     "password: …": "password: x\n" * 8_000,
+    "password = … (one line)": "password = " * 9_000,
+    'password = """…': 'password = """x' * 5_000 + "password = '''x" * 2_000,
+    "Authorization: Basic …": "Authorization: Basic " * 5_000,
+    '"X-Api-Key: …': '"X-Api-Key: ' * 8_000,
+    "-u a:b \\ (no curl)": "-u a:b \\\n" * 11_000,
+    "curl -u a:b …": "curl -u a:b " * 8_000,
 }
 
 

@@ -1,10 +1,11 @@
 """The call log: every call (success or failure) appended to SQLite, secrets redacted.
 
 One row per call with its request (parameters, messages unless ``include_prompts`` is
-off), the answer, usage, latency, attempts, retry reasons, degradation, `auto` route, the
-model version (sent, reported by the API, canary), error, its cost in USD (``pricing.py``;
-NULL when unknown) and the notebook that made it (``memory/identity.py``) — the row itself
-is built by :mod:`mirai_magics.calllog_rows`; an older file gains newer columns on open.
+off), the answer and the tool calls it asked for, usage, latency, attempts, retry reasons,
+degradation, `auto` route, the model version (sent, reported by the API, canary), error, its
+cost in USD (``pricing.py``; NULL when unknown) and the notebook that made it
+(``memory/identity.py``) — the row itself is built by :mod:`mirai_magics.calllog_rows`; an
+older file gains newer columns on open.
 ``cost_totals`` sums costs per model (a notebook's, or a day's for ``limits.budget_usd``).
 The main log lives in ``<home>/calls.sqlite`` (WAL, so two kernels can append at once);
 ``MIRAI_RECORD=path`` adds a *cassette*: the same table holding only live chat calls, in
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .background import BatchWriter
-from .calllog_rows import current_cell, new_session_id, row_values, text_key
+from .calllog_rows import calls_from, current_cell, new_session_id, row_values, text_key
 from .client.observers import Messages, Observer
 from .client.records import CallRecord
 from .errors import ConfigError
@@ -67,6 +68,7 @@ ADDED_COLUMNS = {
     "route_reason": "TEXT",  # and why: "code generation", "spam filtering", …
     "cost": "REAL",  # USD of its usage (pricing.py); NULL: no usage or no price
     "notebook": "TEXT",  # the notebook identity of the kernel (memory/identity.py)
+    "tool_calls": "TEXT",  # JSON of the answer's tool calls, redacted; NULL: none
 }
 
 
@@ -176,6 +178,7 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
             row[name] = json.loads(row[name])
     for name in ("offline", "streamed", "replayed"):
         row[name] = bool(row[name])
+    row["tool_calls"] = calls_from(row.get("tool_calls"))  # an older log: none
     return row
 
 

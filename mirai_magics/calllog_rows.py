@@ -13,6 +13,10 @@ Images are neither stored nor hashed as bytes: every image data URL becomes
 ``[image sha256:… 800×600]`` (``images.without_images``) before a message is hashed or
 stored, so a replay matches on the image's hash.
 
+The tool calls an answer asks for (``tools.Answer``) are data the model produced, like
+the answer: they are redacted the same way and stored as JSON in ``tool_calls`` (NULL:
+none, as in a log written before the column existed).
+
 Python text may hold what UTF-8 cannot: a lone surrogate (``'\\ud800'``, from a decoded
 file or a typo). Hashes encode it losslessly (``surrogatepass``); stored text carries
 U+FFFD in its place, since SQLite refuses the row otherwise.
@@ -70,6 +74,17 @@ def request_key(
     kept = [redacted(without_images(m), secrets) for m in messages if not is_memory_message(m)]
     body = {"model": params.get("model"), "messages": kept, "params": params}
     return sha256(canonical(body))
+
+
+def stored_calls(answer: Any, secrets: Sequence[str] = ()) -> str | None:
+    """The tool calls ``answer`` carries, redacted, as JSON (None: it has none)."""
+    calls = list(getattr(answer, "tool_calls", ()))
+    return canonical(redacted(calls, secrets)) if calls else None
+
+
+def calls_from(stored: str | None) -> list[dict[str, Any]]:
+    """The tool calls of a row's ``tool_calls`` column (NULL or absent: none)."""
+    return json.loads(stored) if stored else []
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -130,6 +145,7 @@ def row_values(
         "params": canonical(record.params),
         "messages": canonical(messages) if messages is not None else None,
         "response": text,
+        "tool_calls": stored_calls(text, secrets),
         "tokens_in": record.tokens_in,
         "tokens_out": record.tokens_out,
         "latency_ms": round(record.latency_ms, 3),

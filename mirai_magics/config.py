@@ -4,7 +4,9 @@ Layers, lowest first: the packaged default, the file named by ``MIRAI_CONFIG``, 
 path; then the environment (``MIRAI_BASE_URL`` / ``OPENAI_BASE_URL`` → ``endpoint.base_url``).
 Mappings merge key by key and lists replace, except a mapping tagged ``!replace``
 (``models: !replace``), which replaces what the lower layers wrote there. ``origins()``
-says which layer set each effective value (``mirai check-config`` prints it).
+says which layer set each effective value (``mirai check-config`` prints it). Each layer is
+checked for secrets on its own first (``config_secrets.py``), so a key, or a credential
+header's value, is refused at the line of the file that wrote it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from . import config_yaml
 from .config_errors import Layer, dotted, first_error, locate
+from .config_secrets import secret_in
 from .errors import ConfigError, UsageError
-from .redact import REDACTED, looks_like_key
+from .redact import REDACTED
 from .schema import (
     DEFAULT_ENDPOINT,
     ENDPOINT_NAME,
@@ -88,10 +91,8 @@ __all__ = [
     "parse_config",
 ]
 
-KEY_NAMES = {"api_key", "apikey", "api-key", "secret", "secret_key", "password", "token"}
 ENV_CONFIG = "MIRAI_CONFIG"
 ENV_BASE_URLS = ("MIRAI_BASE_URL", "OPENAI_BASE_URL")
-KEY_HINT = "set the environment variable named by security.api_key_env_var instead"
 PACKAGED, BUILT_IN = "packaged", "built-in"  # labels of origins(): also ENV_CONFIG, "path"
 Origins = dict[tuple[str, ...], str]  # path of a value in the YAML → the label of its layer
 
@@ -367,33 +368,12 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    secret = _secret_in(data, ())
+    secret = secret_in(data)  # per layer: the error names this file's line
     if secret is not None:
-        where, problem = secret
+        where, problem, hint = secret
         located = locate([(source, text)], where)
-        hint = KEY_HINT
-        if where[0] == "endpoints" and len(where) > 1:
-            hint = f"set the environment variable named by endpoints.{where[1]}.api_key_env_var"
         raise ConfigError(f"{located}: {dotted(where)}: {problem}", hint=hint)
     return data
-
-
-def _secret_in(node: Any, path: tuple[Any, ...]) -> tuple[tuple[Any, ...], str] | None:
-    """The path of the first key-named field or key-shaped value in the YAML, and why."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = (*path, str(key))
-            if str(key).lower() in KEY_NAMES:
-                return where, "API keys must not be in the config file"
-            if (found := _secret_in(value, where)) is not None:
-                return found
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            if (found := _secret_in(value, (*path, i))) is not None:
-                return found
-    elif isinstance(node, str) and looks_like_key(node):
-        return path, "value looks like an API key; keys must not be in the config file"
-    return None
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Config errors in one line: the file and line that set a key, its dotted path, the problem.
 
 Pydantic reports a location inside the merged data; this finds the layer (packaged default,
-``MIRAI_CONFIG``, an explicit file) and the line that wrote it, by composing its YAML.
+``MIRAI_CONFIG``, an explicit file) and the line that wrote it, by composing its YAML. It is
+the layer whose value the merge kept: below a ``!replace`` mapping or a list of a later layer,
+what the lower layers wrote there is gone, so a key missing under ``models: !replace`` is
+reported at the user's line, not at the packaged default's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config_yaml import compose
+from .config_yaml import REPLACE_TAG, compose
 
 Layer = tuple[str, str]  # (source, YAML text), in the order they are merged
 
@@ -82,19 +85,24 @@ def _tags(member: Any) -> set[str]:
 
 def locate(layers: list[Layer], loc: tuple[Any, ...]) -> str:
     """``file: line N`` of the key at ``loc`` (or of its deepest parent that is written) in
-    the last layer that writes it; just the last file when no layer does."""
+    the layer whose value is in effect there: the last one that writes it, or, when a later
+    layer replaced a parent of it (``!replace``, a list, a scalar), that later one; just the
+    last file when no layer writes it."""
     best: tuple[int, str, int | None] = (0, layers[-1][0], None)
     for source, text in layers:
-        depth, line = _line_of(compose(text), loc)
-        if line is not None and depth >= best[0]:
+        depth, line, cut = _line_of(compose(text), loc)
+        # cut ≤ best's depth: what the layers below wrote there was thrown away in the merge
+        if line is not None and (depth >= best[0] or cut <= best[0]):
             best = (depth, source, line)
     _, source, line = best
     return f"{source}: line {line}" if line else source
 
 
-def _line_of(node: Any, loc: tuple[Any, ...]) -> tuple[int, int | None]:
-    """How many parts of ``loc`` a composed YAML tree has, and the line of the deepest one."""
-    depth, line = 0, None
+def _line_of(node: Any, loc: tuple[Any, ...]) -> tuple[int, int | None, int]:
+    """How many parts of ``loc`` a composed YAML tree has, the line of the deepest one, and
+    how many parts lead to the first value that replaces the lower layers' (past the end:
+    none does)."""
+    depth, line, cut = 0, None, len(loc) + 1
     for part in loc:
         pair = None
         if isinstance(node, yaml.MappingNode):
@@ -104,7 +112,14 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> tuple[int, int | None]:
         if pair is None:
             break
         depth, line, node = depth + 1, pair[0].start_mark.line + 1, pair[1]
-    return depth, line
+        if cut > depth and _replaces(node):
+            cut = depth
+    return depth, line, cut
+
+
+def _replaces(node: yaml.Node) -> bool:
+    """True for a value the merge puts in place of the lower layers' (not merged into them)."""
+    return not isinstance(node, yaml.MappingNode) or node.tag == REPLACE_TAG
 
 
 def dotted(loc: tuple[Any, ...]) -> str:

@@ -4,30 +4,36 @@
 
 * known values: those passed in (``secret_env_values()``: secret-named environment
   variables) and those the user interpolated from a secret-named reference (``remember``);
-* PEM private-key blocks (header and footer stay);
-* a URL's password: ``postgresql://admin:pw@host/db`` → ``postgresql://admin:[REDACTED]@host/db``;
-* key shapes (``KEY_PATTERN``): OpenAI ``sk-``/``sk-proj-``, GitHub ``ghp_``/``gho_``/
-  ``github_pat_``, Slack ``xox?-``, AWS ``AKIA``/``ASIA`` ids, Google ``AIza``, Stripe
-  ``sk_live_``/``rk_live_``, JWTs, bearer tokens;
+* what needs no name (``redact_rules``): PEM private-key blocks, a URL's password
+  (``postgresql://admin:[REDACTED]@host/db``), key shapes (OpenAI/Anthropic ``sk-``, GitHub,
+  GitLab ``glpat-``, Hugging Face ``hf_``, npm ``npm_``, Slack, AWS, Google ``AIza``/``ya29.``,
+  Stripe, JWTs, bearer tokens), ``Authorization: Basic [REDACTED]`` and ``curl -u user:pw``;
 * values given to a secret-looking name (``security.redact_assignments``): string literals
-  in code and JSON (``db_password = "…"``, ``connect(password="…")``, ``{"api_key": "…"}``),
-  YAML (``password: …``), env files, shells and URLs (``PASSWORD=…``, ``?access_token=…``),
-  and the 40-character secret after ``aws_secret_access_key``.
+  in code and JSON (``db_password = "…"``, triple-quoted ``'''…'''``,
+  ``connect(password="…")``, ``{"api_key": "…"}``), YAML (``password: …``), env files, shells
+  and URLs (``PASSWORD=…``, ``?access_token=…``), INI lines (``password = …``: the rest of
+  the line, less a `` ; `` or `` #`` comment; not an expression such as
+  ``getpass.getpass()`` or ``cfg.password``, nor another secret name:
+  ``self.api_key = api_key``) and headers in a quoted string (``"X-Api-Key: …"``,
+  ``-H 'X-Api-Key: …'``; not ``{api_key}`` or ``%s``).
 
 Names: a plain entry (``password``) matches a name that ends in it (``db_password``,
-``dbPassword``, ``db-password``, ``PGPASSWORD``; of ``self.x.db_password`` the last part),
-whatever its value. An entry with ``*`` (``*_key``) matches by glob and asks more of the value: key
-material (8+ characters mixing letters and digits, or 16+ of mixed case; not a file name),
-so ``sort_key = "created_at"`` and ``primary_key = "id"`` stay. A bare ``key`` is never a
-secret name (``key = "name"``, dict loops). Not secrets: numbers and ``None``/``True``
-(``max_tokens = 100``, ``password_min_length = 8``), ``$VAR`` references, a variable passed
-on (``connect(password=pw)``), and hashes, UUIDs or base64 without a secret name or a key
-shape; a URL without a password is left whole.
+``dbPassword``, ``db-password``, ``PGPASSWORD``, ``X-Api-Key``; of ``self.x.db_password`` the
+last part), whatever its value; but a name ending in ``token`` does not take a short word
+(letters only, under 8: ``token = 'the'``, ``token = "Hello"`` in NLP code; ``"a8f3k2"`` still
+counts). An entry with ``*`` (``*_key``) matches by glob and asks more of the value: key
+material (8+ characters mixing letters and digits, or 16+ of mixed case; not a file name nor
+an identifier of lowercase words and numbers: ``cache_key = "user_profile_v2"`` stays), so an
+Azure-style 32-hex key is redacted as ``AZURE_OPENAI_KEY = "…"`` but a bare MD5 is not. A bare
+``key`` is never a secret name (``key = "name"``, dict loops). Not secrets: numbers and
+``None``/``True`` (``max_tokens = 100``, ``password_min_length = 8``), ``$VAR`` references, a
+variable passed on (``connect(password=pw)``), and hashes, UUIDs or base64 without a secret
+name or a key shape; a URL without a password is left whole.
 
 The names are process-wide: each Session built or reloaded calls ``configure``. The pass is
 idempotent (``redact(redact(t)) == redact(t)``): the call log's request hash relies on it.
 Cost: every rule waits behind a substring check or one scan for rare prefixes and stems, and
-a name is looked at from its stem, not by trying every identifier (~15 µs per KB of
+a name is looked at from its stem, not by trying every identifier (~17 µs per KB of
 notebook text; ``benchmarks/bench_redaction.py``); names and values are bounded, so no text
 makes it quadratic.
 """
@@ -41,40 +47,39 @@ import string
 import threading
 from collections.abc import Iterable, Sequence
 
-REDACTED = "[REDACTED]"
+from .redact_rules import KEY_PATTERN as KEY_PATTERN  # re-exported, as before the split
+from .redact_rules import (
+    REDACTED,
+    is_code,
+    is_key_material,
+    is_placeholder,
+    is_word,
+    spliced,
+    without_names,
+)
+from .redact_rules import looks_like_key as looks_like_key  # config_secrets uses it
+
 DEFAULT_SECRET_NAMES = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 DEFAULT_ASSIGNMENT_NAMES = (
     *("password", "passwd", "pwd", "passphrase", "secret", "token", "api_key"),
     *("*_key", "*_token", "*_secret"),
 )
+_WORD_TOLERANT = frozenset({"token"})  # entries whose names do not take a short word
+ANY, NOT_A_WORD, KEY_LIKE = 3, 2, 1  # what a name's value must be to count (0: not a secret)
 _MIN_SECRET_LEN = 6  # an environment value shorter than this is too likely to be a word
 MIN_REMEMBERED_LEN = 4  # an interpolated secret value shorter than this is not remembered
 MAX_REMEMBERED = 256
 MAX_NAME = 128  # a longer name is not looked at; values, up to 1024 (4096 quoted)
 
-KEY_PATTERN = re.compile(
-    r"\b(?:sk|rk|pk)-(?!learn\b)[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys incl. sk-proj-…
-    r"|\bBearer\s+(?:(?=[\w.~+/\-]*\d)[\w.~+/\-]{8,}|[\w.~+/\-]{20,})=*"
-    r"|\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_\w{20,})"  # GitHub
-    r"|\bxox[abposr]-[A-Za-z0-9\-]{10,}"  # Slack
-    r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"  # AWS access key ids
-    r"|\bAIza[0-9A-Za-z_\-]{35}"  # Google
-    r"|\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}"  # Stripe
-    r"|\beyJ[\w\-]{8,1024}+\.eyJ[\w\-]{8,}+\.[\w\-]*+"  # JWT: header.payload.signature
-)
-# Every shape's prefix in one scan, by a rare letter of it (a scan on common first letters is
-# 5 times slower), and how far before each hit a shape may start: sk- (1), github_pat_ (5)…
-_PREFIXES = re.compile(r"k[-_]|Bearer|gh[pousr]_|b_pat_|xox|AKIA|ASIA|AIza|yJ")
-_BACK = (1, 0, 5)
-_PEM = re.compile(
-    r"-----BEGIN (?P<kind>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----[\s\S]*?"
-    r"(?:-----END (?P=kind)-----|\Z)"
-)
-_URL_PASSWORD = re.compile(r"://(?P<user>[^\s:/?#@\[\]\"'<>]*):[^\s/?#\"'<>]+@")
-_LITERAL = (  # a string literal: "…", '…', or \"…\" (inside JSON text); optional r/b/f prefix
-    r"[rRbBuUfF]{0,2}(?:\"(?P<dq>(?:[^\"\\\n]|\\.){0,4096}+)\"|'(?P<sq>(?:[^'\\\n]|\\.){0,4096}+)'"
+_LITERAL = (  # a string literal: """…""", '''…''', "…", '…', or \"…\" (inside JSON text);
+    # optional r/b/f prefix
+    r"[rRbBuUfF]{0,2}(?:"
+    r'"""(?P<tdq>(?:[^"\\]|\\[\s\S]|"(?!"")){0,4096}+)"""'
+    r"|'''(?P<tsq>(?:[^'\\]|\\[\s\S]|'(?!'')){0,4096}+)'''"
+    r"|\"(?P<dq>(?:[^\"\\\n]|\\.){0,4096}+)\"|'(?P<sq>(?:[^'\\\n]|\\.){0,4096}+)'"
     r"|\\\"(?P<jq>(?:[^\"\\\n]|\\[^\"\n]){0,4096}+)\\\")"
 )
+_QUOTED = ("tdq", "tsq", "dq", "sq", "jq")
 _NAMED = re.compile(  # from the start of a name holding a stem: what it is given
     r"(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,127}+)(?P<kq>\\?[\"'])?\]?(?:"
     # name = "…", name: str = "…", "name": "…", x["name"] = "…", f(name="…"), name == "…"
@@ -82,23 +87,20 @@ _NAMED = re.compile(  # from the start of a name holding a stem: what it is give
     + _LITERAL
     # PASSWORD=hunter2, export db_token=…, ?access_token=…&, "host=h password=p", --pwd=…
     + r"|=(?!=)(?P<v>[^\s'\"`$(\[{<>,)][^\s'\"`;&|,)(\[<>]{0,1023}+)(?P<after>[,)(\[]?)"
+    # "X-Api-Key: …" (a header in a quoted string: -H '…', JSON text \"…\r\n\"; not {key}, %s)
+    r"|:[ \t]+(?P<h>[^\s'\"\\{%][^\s'\"\\]{0,1022}+)(?=[ \t]*(?:\\?[\"']|\\[rn]))"
     # password: hunter2 (YAML: one unquoted word on the rest of its line)
     r"|:[ \t]+(?P<y>[^\s'\"#\[{&*!|>%@`$]\S{0,1023}+)[ \t]*(?:#[^\n]*)?$"
-    # aws_secret_access_key = wJalr… (its INI file: spaces, no quotes)
-    r"|[ \t]+=[ \t]+(?P<aws>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=]))",
+    # password = hunter2, aws_secret_access_key = wJalr… (INI: spaces, no quotes)
+    r"|(?:[ \t]+=(?!=)[ \t]*|=[ \t]+)(?P<ini>[^\s'\"`][^\r\n]{0,1023}+)\r?$)",
     re.MULTILINE,
 )
 _NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}+(?![A-Za-z0-9_.\-])")
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
 _NAME_START = frozenset(string.ascii_letters + "_")
 _LINE_LEAD = re.compile(r"[ \t]*(?:-[ \t]+)?")
-_KEY_MATERIAL = re.compile(r"(?=\S*\d)(?=\S*[A-Za-z])\S{8,}|(?=\S*[a-z])(?=\S*[A-Z])[\w+/=\-]{16,}")
-_FILE_NAME = re.compile(r"\S*\.[A-Za-z]{1,8}")
-_NOT_SECRET = re.compile(  # numbers, constants, $VAR, placeholders: (not set), …, <token>,
-    # and tokenizer special tokens ([PAD], [CLS], <|endoftext|>)
-    r"-?\d{1,5}(?:\.\d+)?|None|True|False|null|true|false|~|\$\{?\w+\}?|\([^()]*\)|[.…*]+|<[^<>]*>"
-    r"|\[[A-Z_]{1,16}\]"
-)
+_INI_COMMENT = re.compile(r"[ \t]+[#;]")
+_PLAIN_NAME = re.compile(r"[A-Za-z_]\w*")
 _TYPE_NAME = re.compile(r"(?:str|bytes|int|float|bool|Any|object|Secret\w*|Optional|Union)\b|.*\[")
 _EXPRESSION = re.compile(r"[\w.]+")  # before ( [ , ): a call, subscript or variable, not a value
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -133,13 +135,15 @@ class Rules:
         self._levels: dict[str, int] = {}
 
     def level(self, name: str) -> int:
-        """2: a plain entry names it (any value); 1: a glob does (key material); 0: neither."""
+        """What a value given to ``name`` must be to be a secret: ANY (a plain entry names
+        it), NOT_A_WORD (one of ``_WORD_TOLERANT`` does), KEY_LIKE (a glob does); 0: none."""
         found = self._levels.get(name)
         if found is None:
             norm = normal_name(name)
-            found = 2 if self._word and self._word.search(norm) else 0
-            found = found or (1 if self._glob and self._glob.match(norm) else 0)
-            found = 2 if norm.endswith("secret_access_key") else found
+            word = self._word.search(norm) if self._word else None
+            found = (NOT_A_WORD if word.group() in _WORD_TOLERANT else ANY) if word else 0
+            found = found or (KEY_LIKE if self._glob and self._glob.match(norm) else 0)
+            found = ANY if norm.endswith("secret_access_key") else found
             if len(self._levels) > 4096:
                 self._levels.clear()
             self._levels[name] = found
@@ -148,19 +152,17 @@ class Rules:
     def takes(self, name: str, value: str) -> bool:
         """True when ``value``, given to ``name``, is a secret."""
         level = self.level(name)
-        if not level or not value.strip() or value == REDACTED or _NOT_SECRET.fullmatch(value):
+        if not level or is_placeholder(value):
             return False
-        return level == 2 or is_key_material(value)
+        if level == KEY_LIKE:
+            return is_key_material(value)
+        return level == ANY or not is_word(value)
 
     def apply(self, text: str) -> str:
         """The structural part of the pass (everything but known values)."""
-        if "PRIVATE KEY" in text:
-            text = _PEM.sub(_pem_block, text)
-        if "://" in text:
-            text = _URL_PASSWORD.sub(r"://\g<user>:" + REDACTED + "@", text)
-        text = _spliced(text, _shape_spans(text))
+        text = without_names(text)
         if "=" in text or ":" in text:
-            text = _spliced(text, self._named_spans(text))
+            text = spliced(text, self._named_spans(text))
         return text
 
     def _named_spans(self, text: str) -> Iterable[tuple[int, int]]:
@@ -176,10 +178,10 @@ class Rules:
             if name is None or not self.level(name.group()):
                 continue  # max_tokens, key=…: the common case, one cheap match
             match = _NAMED.match(text, start)
-            group = self._secret_group(match, text) if match else None
-            if match and group:
-                yield match.span(group)
-                done = match.end(group)
+            span = self._secret_span(match, text) if match else None
+            if span:
+                yield span
+                done = span[1]
 
     def _stem_hits(self, text: str) -> list[int]:
         """Where a stem starts, in order (case does not matter)."""
@@ -196,46 +198,35 @@ class Rules:
                 at = low.find(stem, at + len(stem))
         return sorted(hits)
 
-    def _secret_group(self, match: re.Match[str], text: str) -> str | None:
-        """The group of ``match`` holding a secret value, or None."""
-        name = match.group("name")
-        for group in ("dq", "sq", "jq"):
-            if match.group(group) is not None:
-                return group if self.takes(name, match.group(group)) else None
-        if match.group("kq"):
+    def _secret_span(self, match: re.Match[str], text: str) -> tuple[int, int] | None:
+        """Where in ``match`` a secret value is, or None."""
+        group = next((g for g in _QUOTED if match.group(g) is not None), None)
+        if group is None and not match.group("kq"):
+            start = match.start()
+            if match.group("v") is not None:
+                passed_on = match.group("after") and _EXPRESSION.fullmatch(match.group("v"))
+                group = None if passed_on else "v"  # f(password=pw)
+            elif match.group("h") is not None:  # a header only inside its quotes
+                group = "h" if text[start - 1 : start] in ("'", '"') else None
+            elif _LINE_LEAD.fullmatch(text[text.rfind("\n", 0, start) + 1 : start]):
+                return self._line_span(match)
+        if group is None or not self.takes(match.group("name"), match.group(group)):
             return None
-        if match.group("v") is not None:
-            value = match.group("v")
-            passed_on = match.group("after") and _EXPRESSION.fullmatch(value)  # f(password=pw)
-            return None if passed_on or not self.takes(name, value) else "v"
-        if match.group("aws") is not None:
-            return "aws" if self.takes(name, match.group("aws")) else None
-        value, start = match.group("y"), match.start()
-        lead = text[text.rfind("\n", 0, start) + 1 : start]
-        if not _LINE_LEAD.fullmatch(lead) or _TYPE_NAME.match(value):  # `password: str`
+        return match.span(group)
+
+    def _line_span(self, match: re.Match[str]) -> tuple[int, int] | None:
+        """The value of a YAML (``password: …``) or INI (``password = …``) line, or None."""
+        name, value = match.group("name"), match.group("y")
+        if value is not None:  # `password: str` is a type
+            taken = not _TYPE_NAME.match(value) and self.takes(name, value)
+            return match.span("y") if taken else None
+        value, start = match.group("ini"), match.start("ini")
+        comment = _INI_COMMENT.search(value)
+        value = (value[: comment.start()] if comment else value).rstrip()
+        passed_on = _PLAIN_NAME.fullmatch(value) and self.level(value)  # api_key = openai_key
+        if passed_on or is_code(value) or not self.takes(name, value):
             return None
-        return "y" if self.takes(name, value) else None
-
-
-def _shape_spans(text: str) -> Iterable[tuple[int, int]]:
-    """Where key shapes are: their prefixes found in one scan, each shape matched there."""
-    done = 0
-    for hit in _PREFIXES.finditer(text):
-        for start in (hit.start() - back for back in _BACK):
-            match = KEY_PATTERN.match(text, start) if start >= done else None
-            if match:
-                yield match.span()
-                done = match.end()
-                break
-
-
-def _spliced(text: str, spans: Iterable[tuple[int, int]]) -> str:
-    """``text`` with each of ``spans`` (in order, apart) replaced by ``[REDACTED]``."""
-    pieces, done = [], 0
-    for start, end in spans:
-        pieces += (text[done:start], REDACTED)
-        done = end
-    return "".join((*pieces, text[done:])) if pieces else text
+        return start, start + len(value)
 
 
 def _name_start(text: str, at: int) -> int:
@@ -254,18 +245,6 @@ def _alternation(
 ) -> re.Pattern[str] | None:
     parts = list(parts)
     return re.compile(head + "|".join(parts) + tail, flags) if parts else None
-
-
-def _pem_block(match: re.Match[str]) -> str:
-    kind, block = match.group("kind"), match.group(0)
-    newline = "\n" if "\n" in block or "\\n" not in block else "\\n"  # JSON text keeps \\n
-    return f"-----BEGIN {kind}-----{newline}{REDACTED}{newline}-----END {kind}-----"
-
-
-def is_key_material(value: str) -> bool:
-    """Shaped like a key: 8+ characters mixing letters and digits (or 16+ of mixed case),
-    no spaces, not a file name (``data/2024/q1.csv``)."""
-    return bool(_KEY_MATERIAL.fullmatch(value)) and not _FILE_NAME.fullmatch(value)
 
 
 _rules = Rules()
@@ -316,23 +295,20 @@ def remember_interpolated(references: Iterable[tuple[str, str]]) -> None:
     remember(value for ref, value in references if is_secret_reference(ref, value))
 
 
-def looks_like_key(value: str) -> bool:
-    """True when ``value`` contains something shaped like an API key, token or private key."""
-    return bool(KEY_PATTERN.search(value)) or ("PRIVATE KEY" in value and bool(_PEM.search(value)))
-
-
 def secret_env_values(names: tuple[str, ...] | None = DEFAULT_SECRET_NAMES) -> list[str]:
     """Values of environment variables whose name contains KEY, TOKEN, SECRET… (None: the
     configured ``redact_env_names``), longest first.
 
-    Scanning os.environ costs ~0.2 ms, so the result is cached until a variable is added
-    or removed, or the value of a secret-named variable changes (a rotated key).
+    Scanning os.environ costs ~0.2 ms, so the result is cached until the set of variable
+    names changes (one removed and another added included: ~4 µs to compare) or the value
+    of a secret-named variable changes (a rotated key).
     """
     names = _rules.env_names if names is None else names
     cached = _cache.get(names)
+    present = tuple(os.environ)
     if cached is not None:
-        size, secret_names, values = cached
-        if size == len(os.environ) and all(os.environ.get(n) == v for n, v in secret_names):
+        seen, secret_names, values = cached
+        if seen == present and all(os.environ.get(n) == v for n, v in secret_names):
             return values
     pairs = [
         (name, value)
@@ -341,11 +317,11 @@ def secret_env_values(names: tuple[str, ...] | None = DEFAULT_SECRET_NAMES) -> l
     ]
     values = [v for _, v in pairs if len(v) >= _MIN_SECRET_LEN and v not in REDACTED]
     values = sorted(set(values), key=len, reverse=True)
-    _cache[names] = (len(os.environ), pairs, values)
+    _cache[names] = (present, pairs, values)
     return values
 
 
-_cache: dict[tuple[str, ...], tuple[int, list[tuple[str, str]], list[str]]] = {}
+_cache: dict[tuple[str, ...], tuple[tuple[str, ...], list[tuple[str, str]], list[str]]] = {}
 
 
 def redact(text: str, extra: Sequence[str] = ()) -> str:

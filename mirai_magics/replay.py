@@ -6,6 +6,8 @@ rows a replay run adds to the main call log are skipped. When the same request w
 several times, the n-th identical call gets the n-th recorded answer of the latest recording
 run that made it, so a notebook replays exactly. A miss raises :class:`ReplayMissError`
 naming the cell (strict mode) or lets the live call proceed (``MIRAI_REPLAY_MODE=fallthrough``).
+A recorded answer that asked for tool calls replays them on ``Reply.tool_calls`` (as stored:
+redacted); a log written before the ``tool_calls`` column replays them as none.
 While ``MIRAI_RECORD`` is set replay stays off: a recording run always calls the live model.
 The session does not search the notebook memory while replaying (badge: ``memory: off
 (replay)``): the recording was hashed without its memory block.
@@ -22,16 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from .calllog import BUSY_TIMEOUT_MS
-from .calllog_rows import current_cell, last_user_text, prompt_key, request_key
+from .calllog_rows import calls_from, current_cell, last_user_text, prompt_key, request_key
 from .errors import ConfigError, ReplayMissError
 from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
 from .text import clip
+from .tools import with_calls
 
 MODES = ("strict", "fallthrough")
 _RECORDED = "kind = 'chat' AND error IS NULL AND response IS NOT NULL AND replayed = 0"
 _LOOKUP = f"""
-SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id FROM calls
-WHERE request_hash = ? AND {_RECORDED}
+SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id, {{calls}}
+FROM calls WHERE request_hash = ? AND {_RECORDED}
 ORDER BY seq
 """
 
@@ -46,6 +49,7 @@ class Recording:
     finish_reason: str | None
     offline: bool
     call_id: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 def replay_mode(value: str | None) -> str:
@@ -102,6 +106,7 @@ class Replay:
         self.misses = 0
         self._seen: Counter[str] = Counter()
         self._conn: sqlite3.Connection | None = None
+        self._lookup = ""  # the lookup query, fitted to the file's columns when it is opened
 
     def __repr__(self) -> str:
         return f"<mirai Replay {self.shown_path} ({self.mode}, {self.hits} hits)>"
@@ -130,18 +135,20 @@ class Replay:
             for piece in chunks(found.text):
                 on_text(piece)
                 await asyncio.sleep(0)
-        return found.text
+        return with_calls(found.text, found.tool_calls)
 
     def lookup(self, key: str, occurrence: int = 0) -> Recording | None:
         """The ``occurrence``-th answer to ``key`` in the latest run that recorded it."""
-        rows = self._connection().execute(_LOOKUP, (key,)).fetchall()
+        conn = self._connection()
+        rows = conn.execute(self._lookup, (key,)).fetchall()
         if not rows:
             return None
         latest = [row for row in rows if row[0] == rows[-1][0]]
-        _session, text, tokens_in, tokens_out, finish, offline, call_id = latest[
+        _session, text, tokens_in, tokens_out, finish, offline, call_id, calls = latest[
             min(occurrence, len(latest) - 1)
         ]
-        return Recording(text, tokens_in, tokens_out, finish, bool(offline), call_id)
+        found = tuple(calls_from(calls))
+        return Recording(text, tokens_in, tokens_out, finish, bool(offline), call_id, found)
 
     def count(self) -> int:
         """How many recorded answers (successful live chat calls) the file holds."""
@@ -170,6 +177,9 @@ class Replay:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = open_cassette(self.path)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(calls)")}
+            calls = "tool_calls" if "tool_calls" in columns else "NULL"  # NULL: an older log
+            self._lookup = _LOOKUP.format(calls=calls)
         return self._conn
 
     def close(self) -> None:

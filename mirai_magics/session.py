@@ -220,9 +220,16 @@ class Session:
         return await _on_engine(self.engine, call)
 
     def stream_chat(
-        self, messages: list[dict[str, Any]], profile: str = "main", **overrides: Any
+        self,
+        messages: list[dict[str, Any]],
+        profile: str = "main",
+        *,
+        tools: list[Any] | None = None,
+        **overrides: Any,
     ) -> Iterator[str | StreamRestart | Reply]:
-        """Yield text chunks as they arrive, then the final Reply; Ctrl-C cancels the call."""
+        """Yield text chunks as they arrive, then the final Reply (its ``tool_calls`` joined
+        from the streamed fragments; ``tools`` as for ``chat``); Ctrl-C cancels the call."""
+        overrides = _with_tools(overrides, tools)
         client = self.client
         return stream(
             self.engine,

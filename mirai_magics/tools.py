@@ -4,6 +4,9 @@
 ``{"type": "function", "function": {name, description, parameters}}`` spec (parameters from
 its signature via pydantic, description from the first docstring paragraph); a dict is
 sent as written. The reply's ``tool_calls`` list what the model asked for; nothing runs them.
+A streamed answer's calls arrive in fragments (id and name first, then pieces of the
+arguments, each tagged with the call's index); ``ToolCallParts`` joins them into the same
+``{"id", "name", "arguments"}`` dicts a whole answer gives (``calls_of``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ class Answer(str):
         self = super().__new__(cls, text)
         self.tool_calls = tuple(tool_calls)
         return self
+
+
+def with_calls(text: str, calls: Sequence[dict[str, Any]]) -> str:
+    """``text`` as an ``Answer`` carrying ``calls``, or the plain text when there are none."""
+    return Answer(text, calls) if calls else text
 
 
 def tool_specs(tools: Sequence[Callable[..., Any] | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,9 +87,36 @@ def calls_of(sdk_calls: Any) -> list[dict[str, Any]]:
     for call in sdk_calls or []:
         function = getattr(call, "function", None)
         raw = getattr(function, "arguments", "") or ""
-        try:
-            arguments: Any = json.loads(raw) if raw else {}
-        except ValueError:
-            arguments = raw
-        out.append({"id": call.id, "name": getattr(function, "name", ""), "arguments": arguments})
+        out.append(call_dict(call.id, getattr(function, "name", ""), raw))
     return out
+
+
+def call_dict(call_id: str, name: str, raw: str) -> dict[str, Any]:
+    """One tool call as data; ``raw`` arguments that are not JSON stay a string."""
+    try:
+        arguments: Any = json.loads(raw) if raw else {}
+    except ValueError:
+        arguments = raw
+    return {"id": call_id, "name": name, "arguments": arguments}
+
+
+class ToolCallParts:
+    """The tool calls of a stream, joined from ``delta.tool_calls`` fragments by index."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, list[str]] = {}  # index → [id, name, arguments so far]
+
+    def add(self, fragments: Any) -> None:
+        """Take one chunk's fragments. Id and name count once (OpenAI sends them in the
+        first fragment; some compatible servers repeat them); arguments are appended."""
+        for fragment in fragments or []:
+            part = self._parts.setdefault(fragment.index, ["", "", ""])
+            function = getattr(fragment, "function", None)
+            part[0] = part[0] or fragment.id or ""
+            part[1] = part[1] or getattr(function, "name", None) or ""
+            part[2] += getattr(function, "arguments", None) or ""
+
+    def answer(self, text: str) -> str:
+        """``text`` with the joined calls riding along (``with_calls``), in index order."""
+        calls = [call_dict(*self._parts[index]) for index in sorted(self._parts)]
+        return with_calls(text, calls)

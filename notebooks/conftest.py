@@ -17,6 +17,7 @@ os.environ["MIRAI_STREAM"] = "0"
 os.environ["MIRAI_HOME"] = tempfile.mkdtemp(prefix="mirai-nbval-")  # no memory left from a past run
 os.environ["MIRAI_USER"] = "notebook"  # `%mirai status` names the user; keep it stable
 os.environ["MIRAI_METRICS_PORT"] = "0"  # a free port (9090 may be taken); the sanitizer hides it
+os.environ["MIRAI_INDEX_WAIT_S"] = "60"  # stored "memory: N cells" badges: not the machine's speed
 
 
 def pytest_runtest_setup(item):

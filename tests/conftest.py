@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mirai_magics.server import OfflineServer
@@ -39,6 +41,13 @@ def clock() -> FakeClock:
 @pytest.fixture
 def sleeps(clock: FakeClock) -> FakeSleep:
     return FakeSleep(clock)
+
+
+# A cell waits 5 s for earlier cells to be indexed, then searches without them and says so
+# on its badge. A loaded 2-core CI machine can need longer than that to start a kernel's
+# engine and embed; tests assert what memory finds, not how fast, so they wait up to 60 s.
+# Kernels, notebooks and JupyterLab started by the tests inherit it.
+os.environ.setdefault("MIRAI_INDEX_WAIT_S", "60")
 
 
 @pytest.fixture(autouse=True)

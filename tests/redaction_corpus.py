@@ -79,6 +79,35 @@ SECRETS: list[tuple[str, str]] = [
     ("docker run -e POSTGRES_PASSWORD=dockerpw7 postgres", "dockerpw7"),
     ('İzmir office: db_password = "ünïcode-pass1"', "ünïcode-pass1"),  # lower() grows İ
     ("python manage.py createsuperuser --password=cli-pass-42", "cli-pass-42"),
+    # issue 16, second round: more key shapes, HTTP headers, curl, INI files, triple quotes
+    ("huggingface-cli login --token hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "hf_AbCdEfGhIjKlMn"),
+    ("glab auth login --token glpat-Ab1Cd2Ef3Gh4Ij5Kl6Mn", "glpat-Ab1Cd2Ef3Gh4"),
+    (
+        "npm config set //registry.npmjs.org/:_authToken npm_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+        "npm_AbCdEfGhIjKlMnOpQr",
+    ),
+    ("leaked: sk-ant-api03-AbCdEf0123456789_ghIJklmnOPqr-stuvWX-0123456789AA", "sk-ant-api03-AbC"),
+    ("access token: ya29.a0AfH6SMBx3-Zq8r1Ytb4kLmN0pQrStUvWxYz0123456789", "ya29.a0AfH6SMBx3"),
+    ('AZURE_OPENAI_KEY = "1f2e3d4c5b6a79880a1b2c3d4e5f6a7b"', "1f2e3d4c5b6a79880a1b2c3d4e5f6a7b"),
+    (
+        "curl -H 'Ocp-Apim-Subscription-Key: 0a1b2c3d4e5f60718293a4b5c6d7e8f9' https://westeurope.api",
+        "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    ),
+    ('requests.get(url, headers=["X-Api-Key: abc123def456"])', "abc123def456"),
+    ("curl -H 'X-Api-Key: hdr-k3y-9f8e7d' https://api.example.com/v1", "hdr-k3y-9f8e7d"),
+    ("curl -H 'Authorization: Basic dXNlcjpwYXNz' https://api.example.com", "dXNlcjpwYXNz"),
+    (
+        "GET /v1/items HTTP/1.1\nHost: api\nAuthorization: Basic YWRtaW46czNjcjN0\n",
+        "YWRtaW46czNjcjN0",
+    ),
+    ('{"Authorization": "Token 9a8b7c6d5e4f3a2b1c0d"}', "9a8b7c6d5e4f3a2b1c0d"),
+    ("curl -u admin:hunter2-curl https://api.example.com/v1", "hunter2-curl"),
+    ("curl -X POST \\\n  --user ana:pw-curl-77 \\\n  https://api.example.com", "pw-curl-77"),
+    ("[database]\nhost = db.internal\npassword = hunter2ini\n", "hunter2ini"),
+    ("API_TOKEN = tok with spaces 42  ; prod\n", "tok with spaces 42"),
+    ('db_password = """hunter2-triple"""', "hunter2-triple"),
+    ("db_password = '''hunter2-single-triple'''", "hunter2-single-triple"),
+    ('token = "a8f3k2"', "a8f3k2"),
 ]
 
 # Texts that must come out unchanged.
@@ -134,4 +163,27 @@ LOOKALIKES: list[str] = [
     "Token: the unit of text a model reads",
     "client = OpenAI(api_key=api_key)",
     '{"api_key": "(not set)", "organization": null}',
+    # identifiers given to a *_key name, words given to token: not key material
+    'cache_key = "user_profile_v2"',
+    'sort_key = "created_at_desc"',
+    'partition_key = "customer_id_2024"',
+    'lookup_key = "orders.by_region"',
+    'dedupe_key = "event-type-v3"',
+    "token = 'the'",
+    'token = "Hello"',
+    'next_token = "world"',
+    "for token in tokens:\n    token = token.lower()\n    print(f'token: {token}')",
+    "token: Hello",
+    'etag = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"',  # a bare 32-hex (MD5) is no Azure key
+    "checksum: 0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "    self.api_key = api_key\n    self.password = config.password",
+    "password = os.environ['DB_PASSWORD']\ntoken = tokens[i]",
+    "[database]\npassword = ${DB_PASSWORD}\npassword = <your password>",
+    '"Content-Type: application/json"',
+    "curl -H 'Authorization: Bearer $TOKEN' -H \"X-Api-Key: ${API_KEY}\" https://api",
+    "Authorization: Bearer YOUR_API_KEY",
+    "docker run -u 1000:1000 --user app:app python",
+    'curl -u "$USER:$PASS" https://api.example.com',
+    "hf_hub_download(repo_id='gpt2', filename='config.json')",
+    "os.environ['npm_config_cache'] = '/tmp/npm'",
 ]

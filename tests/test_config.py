@@ -250,6 +250,60 @@ def test_an_error_names_the_layer_that_wrote_the_value(tmp_path, monkeypatch):
     assert str(info.value).startswith(f"{env_file}: line 2: context.max_history_messages: ")
 
 
+REPLACED = """\
+models: !replace
+  main: {name: llama3.2}
+  heavy: {name: llama3.1:70b}
+  fast:
+    temperature: 0.2
+degradation: {fallback_chain: [heavy, main, fast]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "line"),
+    [
+        (REPLACED, "models.fast.name: required key is missing", 4),  # the packaged one wrote it
+        (REPLACED.replace("0.2", "3\n    name: q"), "models.fast.temperature: must be", 5),
+        ("observability:\n  alerts:\n    - {severity: critical}\n", "observability.alerts[0]", 3),
+        ("degradation:\n  rules:\n    - {action: trim_context}\n", "degradation.rules[0]", 3),
+    ],
+)
+def test_an_error_under_a_replaced_section_names_the_users_line(tmp_path, text, where, line):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: line {line}: {where}")
+
+
+def test_a_replace_in_the_middle_layer_wins_over_the_packaged_line(tmp_path, monkeypatch):
+    team = tmp_path / "team.yaml"
+    team.write_text("models: {fast: {name: team-fast}}\n")  # merged, then thrown away below
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(REPLACED)
+    monkeypatch.setenv("MIRAI_CONFIG", str(team))
+    with pytest.raises(ConfigError) as info:
+        load_config(mine)
+    assert str(info.value).startswith(f"{mine}: line 4: models.fast.name: required key")
+    monkeypatch.setenv("MIRAI_CONFIG", str(mine))  # the replacing file below an explicit one
+    other = tmp_path / "other.yaml"
+    other.write_text("context: {max_history_messages: 6}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(other)
+    assert str(info.value).startswith(f"{mine}: line 4: models.fast.name: required key")
+
+
+def test_check_config_names_the_users_line_under_replace(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(REPLACED)
+    result = _check_config(str(path))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and f"{path}: line 4: models.fast.name: " in lines[0]
+    assert "openai_config.yaml" not in lines[0] and "default_config.yaml" not in lines[0]
+
+
 def test_invalid_yaml_names_the_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("defaults:\n  timeout_s: 90\n  backoff: [1, 2\n")

@@ -448,6 +448,64 @@ def test_check_config_names_the_layer_of_each_value(tmp_path):
     assert data["endpoints"]["local"]["base_url"] == "http://localhost:11434/v1"
 
 
+CREDENTIAL_NAMES = [
+    *("x-api-key", "Authorization", "Proxy-Authorization", "api-key", "X-Goog-Api-Key"),
+    *("key", "token", "access_token", "X-Auth-Token", "client_secret", "password", "Cookie"),
+]
+
+
+@pytest.mark.parametrize("section", ["default_headers", "default_query"])
+@pytest.mark.parametrize("name", CREDENTIAL_NAMES)
+def test_a_credential_header_or_query_name_takes_no_value_in_the_file(section, name):
+    text = (
+        "endpoints:\n  gw:\n    base_url: 'http://x/v1'\n"
+        f"    {section}:\n      x-team: lab\n      {name}: plain-words\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "mine.yaml")
+    line = str(refused.value)
+    assert line.startswith(f"mine.yaml: line 6: endpoints.gw.{section}.{name}: API keys must not")
+    assert "endpoints.gw.api_key_env_var" in line and "${ENV}" in line and "\n" not in line
+    assert "plain-words" not in line
+
+
+def test_an_env_reference_is_not_expanded_so_it_is_refused_too():
+    text = "endpoints: {gw: {base_url: 'http://x/v1', default_headers: {x-api-key: '${GW_KEY}'}}}"
+    with pytest.raises(ConfigError, match=r"default_headers\.x-api-key: .*no \$\{ENV\} refer"):
+        parse_config(text, "mine.yaml")
+
+
+def test_headers_and_query_named_like_no_credential_are_kept():
+    text = (
+        "endpoints: {gw: {base_url: 'http://x/v1', default_headers: {x-team: lab, "
+        "x-litellm-tags: notebooks, OpenAI-Beta: assistants=v2, x-keyword: a}, "
+        "default_query: {api-version: preview, tenant: lab, monkey: 'on'}}}\n"
+    )
+    gw = parse_config(text).endpoints["gw"]
+    assert set(gw.default_headers) == {"x-team", "x-litellm-tags", "OpenAI-Beta", "x-keyword"}
+    assert gw.default_query == {"api-version": "preview", "tenant": "lab", "monkey": "on"}
+
+
+def test_check_config_refuses_a_credential_header_naming_the_users_line(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        "endpoints:\n  gw:\n    base_url: 'http://x/v1'\n    default_headers:\n"
+        "      Authorization: 'Basic dXNlcjpwYXNzd29yZA=='\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mirai_magics.cli", "check-config", str(mine)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    where = "endpoints.gw.default_headers.Authorization"
+    assert lines[0].startswith(f"mirai: {mine}: line 5: {where}: API keys must not")
+    assert "dXNlcjpwYXNzd29yZA" not in result.stderr
+
+
 # --- README recipes -----------------------------------------------------------------------------
 
 

@@ -173,6 +173,21 @@ def test_prompt_gets_memory_block_and_badge_flag(make_session, server):
     assert reply.text
 
 
+def test_a_search_before_the_index_caught_up_says_so(make_session, server, monkeypatch):
+    session = make_session()
+    index_cells(session, CELLS[:1])
+    monkeypatch.setenv("MIRAI_INDEX_WAIT_S", "0.2")
+    server.set_faults(latency_ms=1500)  # a slow embeddings endpoint
+    session.memory.add_cell(CELLS[1][0], cell_id=None, count=2, output=CELLS[1][1])
+    request = CellRequest(text="csv rows", profile="main", fmt="markdown", overrides={})
+    request.top_k = 1
+    flags = session.prepare(request.text, request).flags
+    assert "memory: earlier cells still indexing (waited 0.2 s)" in flags
+    assert session.memory.flush(30)
+    server.set_faults(latency_ms=0)
+    assert session.prepare(request.text, request).flags == ["memory: 1 cell"]
+
+
 def test_memory_failure_is_a_flag_not_an_error(home, server, monkeypatch):
     home.parent.joinpath("blocked").write_text("a file where the memory directory should be")
     text = memory_yaml(server.url, embedder="local", dir="blocked")

@@ -69,3 +69,13 @@ def test_secret_env_values_follow_added_and_rotated_variables(monkeypatch):
     assert "rotated-secret-value" in values and "first-secret-value" not in values
     monkeypatch.delenv("MIRAI_TEST_API_TOKEN")
     assert "rotated-secret-value" not in secret_env_values()
+
+
+def test_secret_env_values_see_a_swap_of_one_variable_for_another(monkeypatch):
+    from mirai_magics.redact import secret_env_values
+
+    monkeypatch.setenv("MIRAI_TEST_PLAIN", "not a secret")
+    assert "not a secret" not in secret_env_values()
+    monkeypatch.delenv("MIRAI_TEST_PLAIN")  # one removed, one added: the same count
+    monkeypatch.setenv("MIRAI_DB_PASSWORD", "swapped-in-secret")
+    assert "swapped-in-secret" in secret_env_values()

@@ -59,6 +59,98 @@ def test_a_url_keeps_its_scheme_user_and_host():
     assert redact(line) == f"Error: postgresql://admin:{REDACTED}@db.internal:5432/sales refused"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("curl -u ana:hunter2 https://h", f"curl -u ana:{REDACTED} https://h"),
+        ("curl --user ana:pw-77 https://h", f"curl --user ana:{REDACTED} https://h"),
+        ("curl --user=ana:pw-77 https://h", f"curl --user=ana:{REDACTED} https://h"),
+        ("curl -u 'ana:two words' https://h", f"curl -u 'ana:{REDACTED}' https://h"),
+        ('run(["curl", "-u", "ana:pw-77", url])', f'run(["curl", "-u", "ana:{REDACTED}", url])'),
+        (
+            "curl -X POST \\\n  -u ana:pw-77 \\\n  https://h",
+            f"curl -X POST \\\n  -u ana:{REDACTED} \\\n  https://h",
+        ),
+        ("docker run -u app:app img", "docker run -u app:app img"),  # user:group, no curl
+    ],
+)
+def test_curl_user_keeps_the_user_and_drops_the_password(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Basic dXNlcjpwYXNz", f"Authorization: Basic {REDACTED}"),
+        ("-H 'authorization: basic dXNlcjpwYXNz'", f"-H 'authorization: basic {REDACTED}'"),
+        ("Proxy-Authorization: Basic dXNlcjpwYXNz", f"Proxy-Authorization: Basic {REDACTED}"),
+        (
+            'META["HTTP_AUTHORIZATION"] = "Basic dXNlcjpwYXNz"',
+            f'META["HTTP_AUTHORIZATION"] = "Basic {REDACTED}"',
+        ),
+        ('{"Authorization": "Token ab12cd34"}', f'{{"Authorization": "Token {REDACTED}"}}'),
+        ("Authorization: Bearer AbCdEfGhIj", f"Authorization: Bearer {REDACTED}"),
+        ("The Authorization: Basic scheme sends", "The Authorization: Basic scheme sends"),
+        ('"X-Api-Key: abc123def456"', f'"X-Api-Key: {REDACTED}"'),
+        ('\\"x-api-key: abc123def456\\r\\n\\"', f'\\"x-api-key: {REDACTED}\\r\\n\\"'),
+    ],
+)
+def test_a_credential_header_keeps_its_name_and_scheme(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("password = hunter2", f"password = {REDACTED}"),
+        ("  db_password = two words  # prod", f"  db_password = {REDACTED}  # prod"),
+        ("token = s3cr3t-tok ; old\r\n", f"token = {REDACTED} ; old\r\n"),
+        ("password =hunter2", f"password ={REDACTED}"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG", f"aws_secret_access_key = {REDACTED}"),
+        ("password = getpass.getpass()", "password = getpass.getpass()"),
+        ("password = (\n", "password = (\n"),  # continued on the next line
+        ("if ok: password = hunter2", "if ok: password = hunter2"),  # not an INI line
+        ("api_key = openai_api_key", "api_key = openai_api_key"),  # a variable passed on
+    ],
+)
+def test_an_ini_value_is_the_rest_of_its_line(text, expected):
+    assert redact(text) == expected
+
+
+def test_a_triple_quoted_value_is_redacted_inside_its_quotes():
+    code = "db_password = \"\"\"hunter2\"\"\"\npem_secret = '''line one\nline two'''\n"
+    expected = f"db_password = \"\"\"{REDACTED}\"\"\"\npem_secret = '''{REDACTED}'''\n"
+    assert redact(code) == expected
+
+
+def test_a_word_is_no_token_but_any_value_is_a_password():
+    assert redact("token = 'the'") == "token = 'the'"
+    assert redact('auth_token = "Hello"') == 'auth_token = "Hello"'
+    assert redact('token = "a8f3k2"') == f'token = "{REDACTED}"'  # short, but not a word
+    assert redact('token = "Tokenizer"') == f'token = "{REDACTED}"'  # a word of 8+ letters
+    assert redact('password = "hunter2"') == f'password = "{REDACTED}"'
+    assert redact('password = "the"') == f'password = "{REDACTED}"'
+
+
+def test_a_key_name_given_an_identifier_keeps_it_but_not_key_material():
+    assert redact('cache_key = "user_profile_v2"') == 'cache_key = "user_profile_v2"'
+    assert redact('cache_key = "u8ser_pr0file"') == f'cache_key = "{REDACTED}"'
+    assert redact('api_key = "user_profile_v2"') == f'api_key = "{REDACTED}"'  # a plain entry
+
+
+def test_new_key_shapes_are_redacted_anywhere_and_refused_in_a_config():
+    shapes = [
+        "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123",
+        "glpat-" + "x1" * 10,
+        "npm_" + "a1B2" * 9,
+        "ya29." + "a0AfH6SMBx3-Zq8r1Ytb4",
+    ]
+    for shape in shapes:
+        assert redact(f"({shape})") == f"({REDACTED})", shape
+        assert redaction.looks_like_key(shape), shape
+    assert redact("hf_" + "a" * 29) == "hf_" + "a" * 29  # too short to be a token
+
+
 def test_the_benchmark_prints_recall_1_and_its_precision():
     bench = REPO / "benchmarks" / "bench_redaction.py"
     out = subprocess.run(

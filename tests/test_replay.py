@@ -15,7 +15,9 @@ import pytest
 from kernelutil import REPO, Kernel, kernel_env
 from nbclient import NotebookClient
 
+from mirai_magics.calllog import CallLog, read_calls
 from mirai_magics.calllog_rows import request_key
+from mirai_magics.client.records import CallRecord
 from mirai_magics.config import parse_config
 from mirai_magics.errors import ConfigError, ReplayMissError
 from mirai_magics.memory.context import HEADER
@@ -23,6 +25,7 @@ from mirai_magics.prompt import MemoryBlock
 from mirai_magics.replay import Replay, chunks, replay_from_env
 from mirai_magics.server import OfflineServer
 from mirai_magics.session import Session, StreamRestart
+from mirai_magics.tools import Answer
 from mirai_magics.ui.cell import CellRequest
 
 KEY = "sk-test-replay-0123456789abcdef"
@@ -218,6 +221,77 @@ def test_environment_switches(sessions, monkeypatch, tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(ConfigError, match="not a mirai call log"):
         Replay(tmp_path / "junk.sqlite").count()
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+CALL = ask('Say "Checking." and call get_weather.')
+
+
+def test_a_recorded_tool_call_answer_replays_with_its_calls(
+    sessions, varying, monkeypatch, tmp_path
+):
+    cassette = tmp_path / "tools.cassette.sqlite"
+    monkeypatch.setenv("MIRAI_RECORD", str(cassette))
+    session = sessions()
+    live = session.chat(CALL, tools=[WEATHER])
+    live_streamed = list(session.stream_chat(CALL, tools=[WEATHER], temperature=0.5))[-1]
+    session.close()
+    monkeypatch.delenv("MIRAI_RECORD")
+    assert live.tool_calls and live_streamed.tool_calls  # the server asked for get_weather
+    sent = chat_requests(varying)
+
+    session = sessions()
+    session.set_replay(Replay(cassette))
+    replayed = session.chat(CALL, tools=[WEATHER])
+    assert replayed.record.replayed and replayed.record.finish_reason == "tool_calls"
+    assert (replayed.text, replayed.tool_calls) == ("Checking.", live.tool_calls)
+    streamed = list(session.stream_chat(CALL, tools=[WEATHER], temperature=0.5))
+    assert "".join(p for p in streamed if isinstance(p, str)) == "Checking."
+    assert streamed[-1].tool_calls == live_streamed.tool_calls
+    assert chat_requests(varying) == sent  # nothing went over the network
+
+
+def test_tool_calls_are_stored_redacted_like_answers(tmp_path):
+    path = tmp_path / "calls.sqlite"
+    call = {"id": "call_9", "name": "login", "arguments": {"api_key": "plain-value-xyz"}}
+    leaked = {"id": "call_10", "name": "connect", "arguments": f"use {PLACEHOLDER}"}
+    record = CallRecord(profile="main", model="gpt-4o-mini", requested_profile="main")
+    log = CallLog(path, cassette=True)
+    log.write(record, ask("log me in"), Answer("", [call, leaked]))
+    log.close()
+    stored = path.read_bytes()
+    assert b"plain-value-xyz" not in stored and PLACEHOLDER.encode() not in stored
+    (row,) = read_calls(path)
+    assert row["tool_calls"] == [
+        {"id": "call_9", "name": "login", "arguments": {"api_key": "[REDACTED]"}},
+        {"id": "call_10", "name": "connect", "arguments": "use [REDACTED]"},
+    ]
+    found = Replay(path).lookup(row["request_hash"])
+    assert found is not None and found.tool_calls == tuple(row["tool_calls"])
+
+
+def test_a_log_written_before_tool_calls_were_kept_still_replays(sessions, monkeypatch, tmp_path):
+    cassette = tmp_path / "old.cassette.sqlite"
+    texts = record(sessions, monkeypatch, cassette, ["hello"])
+    with sqlite3.connect(cassette) as conn:  # the layout before the tool_calls column
+        conn.execute("ALTER TABLE calls DROP COLUMN tool_calls")
+    conn.close()
+    session = sessions()
+    session.set_replay(Replay(cassette))
+    reply = session.chat(ask("hello"))
+    assert (reply.text, reply.tool_calls, reply.record.replayed) == (texts[0], [], True)
+    (row,) = read_calls(cassette)
+    assert row["tool_calls"] == []
 
 
 MEMORY_CELLS = [

@@ -138,7 +138,7 @@ class Admission:
     # --- shared (Redis) --------------------------------------------------------------
 
     async def _shared(self, shared: SharedLimits) -> None:
-        member = await self._rate_slot(shared)
+        member, due = await self._rate_slot(shared)
         user = self.policy.budget_user(self.record)
         try:
             held = await shared.reserve(user, self.record.tokens_estimated)
@@ -149,24 +149,33 @@ class Admission:
                 raise self.policy._rejected(self.record, exc) from None
             await self.policy.sleep(min(max(exc.retry_in_s, BUDGET_POLL_S[0]), BUDGET_POLL_S[1]))
             return
-        self.reservation = SharedReservation(shared, held, user)
+        self.reservation = reservation = SharedReservation(shared, held, user)
+        if self.policy.clock() - due > shared.guard_s / 2:  # the reservation's round trip was
+            try:  # slow (a loaded machine): sent now, the slot would crowd the next second
+                with contextlib.suppress(RedisUnavailableError):
+                    await shared.refund(self.kind, member)
+                await self._rate_slot(shared)
+            except BaseException:
+                self.reservation = None
+                await reservation.settle(0)
+                raise
 
-    async def _rate_slot(self, shared: SharedLimits, retry: bool = False) -> str:
-        """Schedule a send in the shared window and sleep until it; the slot's id.
+    async def _rate_slot(self, shared: SharedLimits, retry: bool = False) -> tuple[str, float]:
+        """Schedule a send in the shared window and sleep until it: (slot id, its due time).
 
         A slot overslept by more than half the schedule's guard (a busy event loop) is given
         back and another booked: sending late would crowd the next second past the limit.
         """
         for _ in range(REBOOKS):
-            member, late = await self._book_and_wait(shared, retry)
-            if late <= shared.guard_s / 2:  # the other half: from here to the wire
-                return member
+            member, due = await self._book_and_wait(shared, retry)
+            if self.policy.clock() - due <= shared.guard_s / 2:  # the other half: to the wire
+                return member, due
             with contextlib.suppress(RedisUnavailableError):
                 await shared.refund(self.kind, member)
-        return member
+        return member, due
 
     async def _book_and_wait(self, shared: SharedLimits, retry: bool) -> tuple[str, float]:
-        """Book a slot, sleep until it: (slot id, seconds overslept)."""
+        """Book a slot, sleep until it: (slot id, when it was due on ``policy.clock``)."""
         policy = self.policy
         if self.background:
             wait, member = await self._background_slot(shared)
@@ -188,7 +197,7 @@ class Admission:
                 raise
             finally:
                 bucket.waiting -= not self.background
-        return member, policy.clock() - due
+        return member, due
 
     async def _background_slot(self, shared: SharedLimits) -> tuple[float, str]:
         """A slot in turn (first booked, first sent: no item starves), asked for only while

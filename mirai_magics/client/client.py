@@ -9,7 +9,8 @@ fallback chain may cross endpoints: 429s, 5xx and an open breaker hand over to t
 profile; timeouts and connection errors, which hit a whole endpoint, to the next profile
 on another endpoint (``heavy → main → local-llama``: an OpenAI outage ends at local-llama).
 A request with images skips the profiles whose model has no vision. ``tools``/``tool_choice``
-are sent as given; the tool calls of the answer come back on ``Reply.tool_calls``.
+are sent as given; the tool calls of the answer, whole or streamed (``tools.ToolCallParts``),
+come back on ``Reply.tool_calls``.
 """
 
 from __future__ import annotations
@@ -468,7 +469,10 @@ class ResilientClient:
             stream_options={"include_usage": True},
             **params,
         )
+        from ..tools import ToolCallParts
+
         parts: list[str] = []
+        calls = ToolCallParts()
         try:
             async for chunk in stream:
                 record.offline = chunk.system_fingerprint == OFFLINE_FINGERPRINT
@@ -482,9 +486,10 @@ class ResilientClient:
                     if piece:
                         parts.append(piece)
                         shown.text(piece)
+                    calls.add(choice.delta.tool_calls if choice.delta else None)
         finally:
             await stream.close()
-        return "".join(parts)
+        return calls.answer("".join(parts))
 
     # --- records ------------------------------------------------------------------
 
@@ -524,12 +529,11 @@ def _user_text(messages: list[dict[str, Any]], given: str | None) -> str:
 
 def answer_of(choice: Any) -> str:
     """The answer's text; the tool calls it asks for ride along as ``.tool_calls``."""
-    from ..tools import Answer, calls_of
+    from ..tools import calls_of, with_calls
 
     message = choice.message if choice else None
     text = (message.content if message else None) or ""
-    calls = calls_of(getattr(message, "tool_calls", None))
-    return Answer(text, calls) if calls else text
+    return with_calls(text, calls_of(getattr(message, "tool_calls", None)))
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import MemoryCorruptError, UsageError
 from .index import sidecar_path
-from .indexer import WAIT_BEFORE_SEARCH_S
+from .indexer import index_wait_s
 from .jobs import BACKFILL
 from .store import move_aside
 
@@ -23,7 +23,7 @@ def forget(memory: Any, target: str) -> str:
     if not target.isdigit():
         raise UsageError(f"forget what? got {target!r}", hint="use `forget N` or `forget all`")
     st = memory.state()
-    memory.flush(WAIT_BEFORE_SEARCH_S)
+    memory.flush(index_wait_s())
     where = "kind = 'cell' AND count = ?"
     keys = st.store.keys_for(f"{where} AND run = ?", (int(target), memory.run))
     scope = memory.scope_of(st.notebook)
@@ -41,7 +41,7 @@ def forget_all(memory: Any) -> str:
     """Empty the memory; an unreadable database is moved aside and a new one started."""
     try:
         st = memory.state()
-        memory.flush(WAIT_BEFORE_SEARCH_S)
+        memory.flush(index_wait_s())
         n = st.store.clear()
     except MemoryCorruptError as exc:
         return start_over(memory, exc)
@@ -69,7 +69,7 @@ def forgot(n: int) -> str:
 def rebuild(memory: Any) -> str:
     """Re-read the config's embedder, rebuild the index from SQLite, embed what is missing
     (texts the endpoint refused before are tried again)."""
-    memory.flush(WAIT_BEFORE_SEARCH_S)
+    memory.flush(index_wait_s())
     old = memory.state()
     old.store.vectors.clear_failures()
     old.store.new_epoch()
@@ -86,5 +86,5 @@ def stats_rows(memory: Any) -> list[tuple[str, str]]:
     from .stats import stats_rows as rows
 
     state = memory.state()  # opening may queue a backfill: wait for it too
-    memory.flush(WAIT_BEFORE_SEARCH_S)
+    memory.flush(index_wait_s())
     return rows(memory, state)

@@ -18,6 +18,8 @@ tried again shortened, else recorded as failed (not sent again), and the others 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import threading
 import time
 from collections import deque
@@ -38,6 +40,15 @@ EMBED_MAX_TOKENS = 4000
 SPLIT_STATUSES = (400, 413, 422)  # refused as invalid: some text in the request may be why
 HALVE_MIN_CHARS = 500  # a refused text at least this long is tried again cut to half
 WAIT_BEFORE_SEARCH_S = 5.0  # a %%mirai cell or admin command waits this long for queued cells
+
+
+def index_wait_s() -> float:
+    """How long a search waits for queued cells: ``MIRAI_INDEX_WAIT_S``, else 5 s."""
+    try:
+        given = float(os.environ.get("MIRAI_INDEX_WAIT_S", WAIT_BEFORE_SEARCH_S))
+    except ValueError:  # not a number: the default (a memory setting never breaks a cell)
+        return WAIT_BEFORE_SEARCH_S
+    return min(max(given, 0.0), 600.0) if math.isfinite(given) else WAIT_BEFORE_SEARCH_S
 
 
 class Indexer:

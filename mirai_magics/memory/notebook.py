@@ -24,7 +24,7 @@ from ..text import clip
 from .counters import CACHE_HITS, SEARCHES, Counters, MetricsSink
 from .documents import CellEvent, error_line, source_id
 from .identity import own_identities
-from .indexer import WAIT_BEFORE_SEARCH_S, Indexer
+from .indexer import Indexer, index_wait_s
 from .jobs import BACKFILL, Backfill
 
 
@@ -192,7 +192,8 @@ class NotebookMemory:
             return "", []
         try:
             with span("mirai.memory.search", **{"mirai.memory.k": k}) as current:
-                self.flush(WAIT_BEFORE_SEARCH_S)
+                waited = index_wait_s()
+                indexed = self.flush(waited)
                 hits = self.search(
                     text, k, min_score=self.settings.min_score, exclude=self.current_sources()
                 )
@@ -201,7 +202,10 @@ class NotebookMemory:
                 current.set_attribute("mirai.memory.hits", used)
         except Exception as exc:  # memory must never break a call: it becomes a badge flag
             return "", [f"memory unavailable: {_short(exc)}"]
-        return block, ([f"memory: {used} cell{'s' if used != 1 else ''}"] if used else [])
+        flags = [f"memory: {used} cell{'s' if used != 1 else ''}"] if used else []
+        if not indexed:  # said, not silent: the answer may lack a cell run a moment ago
+            flags.append(f"memory: earlier cells still indexing (waited {waited:g} s)")
+        return block, flags
 
     def current_sources(self) -> set[str]:
         """Source ids of the cell being run (never retrieved as its own context)."""

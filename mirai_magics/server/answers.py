@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 
 from ..client.routing import ROUTER_TAG
 from ..text import clip
@@ -186,8 +187,18 @@ def split_for_stream(text: str, words_per_chunk: int = 3) -> list[str]:
     return ["".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
 
 
-def stream_chunks(body: dict, cid: str, created: int, answer: str, finish: str) -> list[dict]:
-    """The ``chat.completion.chunk`` objects streaming ``answer`` (usage chunk if asked)."""
+def stream_chunks(
+    body: dict,
+    cid: str,
+    created: int,
+    answer: str,
+    finish: str,
+    deltas: Sequence[dict] = (),
+    counted: str | None = None,
+) -> list[dict]:
+    """The ``chat.completion.chunk`` objects streaming ``answer``, then ``deltas`` (tool-call
+    fragments, ``tools.call_deltas``), the finish, and a usage chunk if asked (counting
+    ``counted``; default: ``answer``)."""
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
 
@@ -206,13 +217,18 @@ def stream_chunks(body: dict, cid: str, created: int, answer: str, finish: str) 
             obj["usage"] = None
         return obj
 
-    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    rest = list(deltas)
+    first: dict = {"role": "assistant", "content": "", "refusal": None}
+    if rest and not answer:  # as OpenAI: no text, and the first tool-call fragment rides along
+        first = {"role": "assistant", "content": None, **rest.pop(0), "refusal": None}
+    chunks = [chunk(first)]
     chunks += [chunk({"content": piece}) for piece in split_for_stream(answer)]
+    chunks += [chunk(delta) for delta in rest]
     chunks.append(chunk({}, finish))
     if include_usage:
         last = chunk({})
         last["choices"] = []
-        last["usage"] = usage(body, answer)
+        last["usage"] = usage(body, answer if counted is None else counted)
         chunks.append(last)
     return chunks
 

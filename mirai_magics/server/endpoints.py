@@ -126,11 +126,13 @@ def chat(
     """A chat completion (or its SSE stream) for a validated request body; ``answered_by``:
     the ``model`` the response reports instead of the requested one (fault ``answer_model``);
     ``schema_break``: fault of the same name."""
-    called = tools.tool_call(body, cid)
+    called = tools.tool_answer(body, cid)
     full = "" if called is not None else answers.chat_answer(body, variant, schema_break)
     text, finish = answers.truncate(full, answers.token_limit(body))
     if answered_by:
         body = {**body, "model": answered_by}
+    if called is not None and body.get("stream") is True:
+        return SseBody(answers.sse_events(tools.tool_call_chunks(body, cid, created, called)))
     if called is not None:  # a request with tools whose prompt says "call NAME"
         return tools.tool_call_object(body, cid, created, called)
     if body.get("stream") is True:
