@@ -184,7 +184,7 @@ def _batch_schema(schema: Any, fmt: str) -> AnswerSchema | None:
         raise UsageError(
             f"schema= answers are JSON, not format={fmt!r}", hint="drop format (or use json)"
         )
-    return schema_of(schema, "schema")
+    return schema if isinstance(schema, AnswerSchema) else schema_of(schema, "schema")
 
 
 def _plain(index: Any) -> list[Any] | bool | None:

@@ -159,12 +159,15 @@ class Prices:
         return 0.0 if free else catalog_cost(model, tokens_in, tokens_out, at)
 
     def cost(self, record: CallRecord) -> float | None:
-        """What the call cost, from the usage it reported (None: no usage, or no price)."""
+        """What the call cost, from the usage it reported plus the estimate of its streams cut
+        before their usage (None: neither, or no price)."""
         if record.replayed:
             return 0.0
-        if record.tokens_in is None or record.tokens_out is None:
+        cut_in, cut_out = record.cut_tokens_in, record.cut_tokens_out
+        if (record.tokens_in is None or record.tokens_out is None) and not (cut_in or cut_out):
             return None
-        return self.tokens_cost(record, record.tokens_in, record.tokens_out, record.started_at)
+        tokens_in, tokens_out = (record.tokens_in or 0) + cut_in, (record.tokens_out or 0) + cut_out
+        return self.tokens_cost(record, tokens_in, tokens_out, record.started_at)
 
 
 def as_prices(prices: Prices | Mapping[str, Any] | None) -> Prices:

@@ -50,6 +50,7 @@ from collections.abc import Iterable, Sequence
 from .redact_rules import KEY_PATTERN as KEY_PATTERN  # re-exported, as before the split
 from .redact_rules import (
     REDACTED,
+    atomic,
     is_code,
     is_key_material,
     is_placeholder,
@@ -74,28 +75,33 @@ MAX_NAME = 128  # a longer name is not looked at; values, up to 1024 (4096 quote
 _LITERAL = (  # a string literal: """…""", '''…''', "…", '…', or \"…\" (inside JSON text);
     # optional r/b/f prefix
     r"[rRbBuUfF]{0,2}(?:"
-    r'"""(?P<tdq>(?:[^"\\]|\\[\s\S]|"(?!"")){0,4096}+)"""'
-    r"|'''(?P<tsq>(?:[^'\\]|\\[\s\S]|'(?!'')){0,4096}+)'''"
-    r"|\"(?P<dq>(?:[^\"\\\n]|\\.){0,4096}+)\"|'(?P<sq>(?:[^'\\\n]|\\.){0,4096}+)'"
-    r"|\\\"(?P<jq>(?:[^\"\\\n]|\\[^\"\n]){0,4096}+)\\\")"
+    r'"""(?P<tdq>' + atomic(r'(?:[^"\\]|\\[\s\S]|"(?!"")){0,4096}') + r')"""'
+    r"|'''(?P<tsq>" + atomic(r"(?:[^'\\]|\\[\s\S]|'(?!'')){0,4096}") + r")'''"
+    r"|\"(?P<dq>" + atomic(r"(?:[^\"\\\n]|\\.){0,4096}") + r")\""
+    r"|'(?P<sq>" + atomic(r"(?:[^'\\\n]|\\.){0,4096}") + r")'"
+    r"|\\\"(?P<jq>" + atomic(r"(?:[^\"\\\n]|\\[^\"\n]){0,4096}") + r")\\\")"
 )
 _QUOTED = ("tdq", "tsq", "dq", "sq", "jq")
 _NAMED = re.compile(  # from the start of a name holding a stem: what it is given
-    r"(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,127}+)(?P<kq>\\?[\"'])?\]?(?:"
+    r"(?P<name>[A-Za-z_]" + atomic(r"[A-Za-z0-9_.\-]{0,127}") + r")(?P<kq>\\?[\"'])?\]?(?:"
     # name = "…", name: str = "…", "name": "…", x["name"] = "…", f(name="…"), name == "…"
     r"[ \t]*(?::[ \t]*[A-Za-z_][\w.\[\], |]{0,60}?[ \t]*)?(?:==|:=|=|:)[ \t]*"
     + _LITERAL
     # PASSWORD=hunter2, export db_token=…, ?access_token=…&, "host=h password=p", --pwd=…
-    + r"|=(?!=)(?P<v>[^\s'\"`$(\[{<>,)][^\s'\"`;&|,)(\[<>]{0,1023}+)(?P<after>[,)(\[]?)"
+    + r"|=(?!=)(?P<v>[^\s'\"`$(\[{<>,)]"
+    + atomic(r"[^\s'\"`;&|,)(\[<>]{0,1023}")
+    + r")(?P<after>[,)(\[]?)"
     # "X-Api-Key: …" (a header in a quoted string: -H '…', JSON text \"…\r\n\"; not {key}, %s)
-    r"|:[ \t]+(?P<h>[^\s'\"\\{%][^\s'\"\\]{0,1022}+)(?=[ \t]*(?:\\?[\"']|\\[rn]))"
+    r"|:[ \t]+(?P<h>[^\s'\"\\{%]"
+    + atomic(r"[^\s'\"\\]{0,1022}")
+    + r")(?=[ \t]*(?:\\?[\"']|\\[rn]))"
     # password: hunter2 (YAML: one unquoted word on the rest of its line)
-    r"|:[ \t]+(?P<y>[^\s'\"#\[{&*!|>%@`$]\S{0,1023}+)[ \t]*(?:#[^\n]*)?$"
+    r"|:[ \t]+(?P<y>[^\s'\"#\[{&*!|>%@`$]" + atomic(r"\S{0,1023}") + r")[ \t]*(?:#[^\n]*)?$"
     # password = hunter2, aws_secret_access_key = wJalr… (INI: spaces, no quotes)
-    r"|(?:[ \t]+=(?!=)[ \t]*|=[ \t]+)(?P<ini>[^\s'\"`][^\r\n]{0,1023}+)\r?$)",
+    r"|(?:[ \t]+=(?!=)[ \t]*|=[ \t]+)(?P<ini>[^\s'\"`]" + atomic(r"[^\r\n]{0,1023}") + r")\r?$)",
     re.MULTILINE,
 )
-_NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}+(?![A-Za-z0-9_.\-])")
+_NAME_RUN = re.compile(r"[A-Za-z_]" + atomic(r"[A-Za-z0-9_.\-]{0,127}") + r"(?![A-Za-z0-9_.\-])")
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
 _NAME_START = frozenset(string.ascii_letters + "_")
 _LINE_LEAD = re.compile(r"[ \t]*(?:-[ \t]+)?")

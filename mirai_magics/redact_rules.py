@@ -21,10 +21,21 @@ prefix scan, and every run it matches is bounded, so no text makes it quadratic.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
+_ATOMIC_IDS = itertools.count(1)
+
+
+def atomic(pattern: str) -> str:
+    """``(?>pattern)``, which Python 3.10's ``re`` lacks (as it lacks ``X{m,n}+``): a
+    lookahead takes what ``pattern`` matches first and a backreference consumes it, so nothing
+    after it makes the engine retry ``pattern`` shorter (each group name is used once)."""
+    name = f"_atomic{next(_ATOMIC_IDS)}"
+    return f"(?=(?P<{name}>{pattern}))(?P={name})"
+
 
 KEY_PATTERN = re.compile(
     r"\b(?:sk|rk|pk)-(?!learn\b)[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys incl. sk-proj-, sk-ant-
@@ -38,7 +49,12 @@ KEY_PATTERN = re.compile(
     r"|\bAIza[0-9A-Za-z_\-]{35}"  # Google API keys
     r"|\bya29\.[\w\-]{20,}"  # Google OAuth access tokens
     r"|\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}"  # Stripe
-    r"|\beyJ[\w\-]{8,1024}+\.eyJ[\w\-]{8,}+\.[\w\-]*+"  # JWT: header.payload.signature
+    r"|\beyJ"  # JWT: header.payload.signature
+    + atomic(r"[\w\-]{8,1024}")
+    + r"\.eyJ"
+    + atomic(r"[\w\-]{8,}")
+    + r"\."
+    + atomic(r"[\w\-]*")
 )
 # Every shape's prefix in one scan, by a rare letter of it (a scan on common first letters is
 # 5 times slower; alternatives sharing a first letter are grouped), and how far before each
@@ -55,14 +71,14 @@ _URL_PASSWORD = re.compile(r"://(?P<user>[^\s:/?#@\[\]\"'<>]*):[^\s/?#\"'<>]+@")
 _AUTH_HEADER = re.compile(  # Authorization: Basic …, "Authorization": "Token …", -H '…',
     # META["HTTP_AUTHORIZATION"] = "Basic …"
     r"(?<![A-Za-z0-9])Authorization(?:\\?[\"'])?\]?[ \t]*[:=][ \t]*(?:\\?[\"'])?"
-    r"(?:Basic|Bearer|Token)[ \t]+(?P<cred>[\w.~+/:\-]{4,1023}+=*)",
+    r"(?:Basic|Bearer|Token)[ \t]+(?P<cred>" + atomic(r"[\w.~+/:\-]{4,1023}") + "=*)",
     re.IGNORECASE,
 )
 _PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*|[a-z]+")  # Bearer YOUR_KEY; "Basic scheme" in prose
 _CURL_USER = re.compile(  # -u user:pw, --user=user:pw, "-u", "user:pw", -u 'user:two words'
     r"(?<![\w-])(?:-u|-U|--user|--proxy-user)(?:[ \t]+|=|[\"'],[ \t]*)(?:"
-    r"(?P<q>[\"'])[^\s:'\"]{0,256}:(?P<qpw>[^'\"\n]{1,1023}+)"
-    r"|[^\s:'\"]{0,256}:(?P<pw>[^\s'\"]{1,1023}+))"
+    r"(?P<q>[\"'])[^\s:'\"]{0,256}:(?P<qpw>" + atomic(r"[^'\"\n]{1,1023}") + ")"
+    r"|[^\s:'\"]{0,256}:(?P<pw>" + atomic(r"[^\s'\"]{1,1023}") + "))"
 )
 _CURL_FLAG = re.compile(r"-[uU]")  # a regex finds these 2 characters twice as fast as find
 _LINE_END = re.compile(r"(?<!\\)(?<!\\\r)\n")  # not a \ continuation

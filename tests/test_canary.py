@@ -7,6 +7,7 @@ import itertools
 import os
 
 import pytest
+from markers import needs_genai_prices
 
 from mirai_magics.cli import main as cli_main
 from mirai_magics.client.canary import Canaries, Window, assigned, session_identity, verdict
@@ -181,6 +182,7 @@ def test_calls_never_sent_and_replayed_calls_are_not_judged():
 # --- the report -------------------------------------------------------------------------
 
 
+@needs_genai_prices
 def test_canary_report_per_model_version(make_session, offline_server, capsys):
     session = make_session(canary_yaml(100))
     for _ in range(3):

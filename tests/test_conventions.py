@@ -12,6 +12,7 @@ import urllib.request
 import nbformat
 import pytest
 from kernelutil import Kernel, kernel_fixtures, server_kernel_env
+from markers import needs_genai_prices
 
 from mirai_magics.client.records import CallRecord
 from mirai_magics.config import parse_config
@@ -79,6 +80,7 @@ def test_the_picker_labels_have_room_for_their_words():
 # --- metadata, fix prompt, metrics notice (pure parts) --------------------------------------
 
 
+@needs_genai_prices
 def test_answer_metadata_names_the_call_and_prices_it():
     record = CallRecord("heavy", "gpt-4o-2024-08-06", tokens_in=1000, tokens_out=500)
     facts = answer_metadata(record, CONFIG.pricing)["mirai"]
@@ -253,6 +255,7 @@ def test_format_json_out_stores_the_parsed_value(fresh):
     assert kernel.run("print('half' in dir())").text.strip() == "False"  # never half a string
 
 
+@needs_genai_prices
 @pytest.mark.kernel
 def test_every_answer_display_carries_its_call_metadata(fresh, server):
     kernel = fresh

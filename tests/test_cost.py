@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from genai_prices import Usage, calc_price
 from kernelutil import Kernel, server_kernel_env
+from markers import needs_genai_prices
 from redisutil import redis_server  # noqa: F401  (fixture)
 
 from mirai_magics.calllog import SCHEMA, CallLog, cost_totals, read_calls
@@ -36,6 +36,8 @@ NO_MEMORY = "context: {rag: {enabled: false}}\n"
 
 
 def genai_price(model: str, tokens_in: int, tokens_out: int) -> float:
+    genai_prices = pytest.importorskip("genai_prices", reason="genai-prices: Python 3.11+")
+    Usage, calc_price = genai_prices.Usage, genai_prices.calc_price
     usage = Usage(input_tokens=tokens_in, output_tokens=tokens_out)
     return float(calc_price(usage, model, provider_id="openai").total_price)
 
@@ -154,6 +156,7 @@ def test_the_readme_cost_section_configs_are_valid():
 # --- budgets ------------------------------------------------------------------------------
 
 
+@needs_genai_prices
 def test_the_session_budget_refuses_before_sending_and_names_the_setting(
     make_session, offline_server
 ):
@@ -172,6 +175,7 @@ def test_the_session_budget_refuses_before_sending_and_names_the_setting(
     assert session.policy.budgets.global_budget.used() == small.tokens_in + small.tokens_out
 
 
+@needs_genai_prices
 def test_a_refusal_in_redis_mode_gives_the_shared_tokens_back(
     make_session,
     offline_server,
@@ -191,6 +195,7 @@ def test_a_refusal_in_redis_mode_gives_the_shared_tokens_back(
     assert rows["tokens this minute (shared, ada)"].startswith("0 / ")  # nothing held in Redis
 
 
+@needs_genai_prices
 def test_settlement_counts_real_costs_not_estimates(make_session, offline_server):
     # each call may cost up to ~$0.0012 (2,000 output tokens), so without settlement the
     # second call would not fit; real answers cost ~$0.00002
@@ -206,6 +211,7 @@ def test_settlement_counts_real_costs_not_estimates(make_session, offline_server
     assert rows["budget this session"] == f"{usd(real)} of $0.002 (limits.budget_usd.per_session)"
 
 
+@needs_genai_prices
 def test_the_day_budget_counts_an_earlier_session_on_the_same_home(make_session, offline_server):
     first = make_session(NO_MEMORY)
     spent = sum(first.policy.prices.cost(first.chat(HELLO, "main").record) for _ in range(3))
@@ -240,6 +246,7 @@ def test_a_new_day_starts_from_nothing():
 # --- `%mirai status` in a real kernel -----------------------------------------------------
 
 
+@needs_genai_prices
 @pytest.mark.kernel
 def test_status_shows_session_and_notebook_totals_per_model_across_a_restart(tmp_path):
     config = NO_MEMORY + "limits: {budget_usd: {per_day: 5}}\n"

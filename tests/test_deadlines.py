@@ -18,9 +18,11 @@ import pytest
 from kernelutil import Kernel, server_kernel_env
 
 from mirai_magics.client.deadline import AttemptTimedOut, _LoopTimer, bounded
+from mirai_magics.client.params import output_cap
 from mirai_magics.client.records import FALLBACK, Degradation
 from mirai_magics.errors import RetriesExhaustedError
 from mirai_magics.session import StreamRestart
+from mirai_magics.ui.badges import badge_flags
 
 KEY = "sk-test-deadlines-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -137,6 +139,28 @@ def test_a_dripping_stream_ends_at_the_deadline(make_session, offline_server):
     assert any(isinstance(i, StreamRestart) for i in items)  # text shown, then retried
     record = session.records[-1]
     assert record.retry_reasons == ["timeout"] * 3 and record.error == str(error)
+
+
+def test_streams_cut_before_their_usage_are_counted_not_free(make_session, offline_server):
+    priced = "pricing: {gpt-4o-mini: {input: 0.15, output: 0.60}}\n"  # on 3.10 too
+    session = make_session(bounds(1, 3, priced), fake_time=False)
+    offline_server.set_faults(drip_sse_s=0.2)  # text arrives, the usage chunk never does
+    error, _took = timed(lambda: list(session.stream_chat(HELLO)))
+    assert isinstance(error, RetriesExhaustedError)
+    record = session.records[-1]
+    assert record.tokens_in is None  # no attempt reported usage
+    prompt = record.tokens_estimated - output_cap(record.params)
+    assert record.attempts == 3 and prompt > 0
+    assert record.cut_tokens_in == 3 * prompt  # each cut attempt's prompt, once
+    assert record.cut_tokens_out > 0  # and the text it had received
+    spent = session.policy.spend.session_total
+    assert spent > 0  # a keyed endpoint bills cut streams: the budget saw them
+    assert spent == session.policy.prices.cost(record)
+    flags = badge_flags(record)
+    assert any(f.startswith("cut stream billed: ~") for f in flags), flags
+    offline_server.set_faults(drip_sse_s=None)
+    whole = session.chat(HELLO)  # a call that reports usage has no estimate on it
+    assert (whole.record.cut_tokens_in, whole.record.cut_tokens_out) == (0, 0)
 
 
 def test_a_dripping_body_ends_at_the_deadline(make_session, offline_server):

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from serverproc import wait_until
 
 from mirai_magics.api import batch
 from mirai_magics.client.limits import TokenBucket
@@ -121,7 +122,7 @@ def test_cancel_keeps_what_finished_and_marks_the_rest(make_session, offline_ser
     offline_server.set_faults(latency_ms=150)
     session = make_session(NO_MEMORY + "limits: {concurrency: {background: 2}}\n", fake_time=False)
     job_id = batch([f"q{i}" for i in range(30)], session=session, wait=False)
-    time.sleep(0.5)
+    wait_until(lambda: session.jobs.store.job(job_id).done > 0, 10, "the first result")
     row = session.jobs.cancel(job_id)
     assert row.state == "cancelled" and 0 < row.done < 30
     results = session.jobs.results(job_id)

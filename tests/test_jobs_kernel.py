@@ -65,7 +65,8 @@ def test_background_cell_answers_into_its_own_display(server, tmp_path):
 
 
 def test_kernel_restart_mid_batch_then_resume(server, tmp_path):
-    env = server_kernel_env(server.url, tmp_path, CONFIG, KEY)
+    # 5 requests a second: the 40 items take ~7 s, so the restart surely lands mid-batch
+    env = server_kernel_env(server.url, tmp_path, CONFIG + "limits: {rps: {chat: 5}}\n", KEY)
     with Kernel(tmp_path, env) as k:
         k.run("%load_ext mirai_magics")
         server.set_faults(latency_ms=60)
@@ -79,6 +80,7 @@ def test_kernel_restart_mid_batch_then_resume(server, tmp_path):
             "print(job)"
         )
         job_id = started.text.split()[-1]
+        (tmp_path / "mirai.yaml").write_text(CONFIG)  # the restarted kernel resumes unthrottled
         k.restart()
         k.run("%load_ext mirai_magics")
         table = k.run("%mirai jobs").text

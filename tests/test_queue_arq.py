@@ -7,9 +7,7 @@ the job store, keys left in Redis, lines in the workers' logs.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import os
 import re
 import secrets
@@ -18,14 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from redisutil import free_port, redis_server  # noqa: F401  (fixture)
+from serverproc import arrivals_at, server_process, wait_until
 
 from mirai_magics.jobs.items import payload
 from mirai_magics.session import Session
@@ -40,15 +37,6 @@ queue: {{backend: arq, name: "{ns}:queue", job_timeout_s: {timeout}, poll_s: 0.0
 redis: {{namespace: "{ns}", connect_timeout_s: 1}}
 limits: {{concurrency: {{background: 4}}}}
 """
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms for at most ``timeout_s``; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Cluster:
@@ -164,6 +152,7 @@ def assert_answered(session: Session, job_id: str, tag: str, n: int) -> None:
 def test_batch_through_two_workers(make_cluster):
     cluster = make_cluster()
     workers = cluster.start_workers(2)
+    cluster.server.set_faults(latency_ms=200)  # one worker alone cannot drain the queue first
     session = cluster.session()
     live = cluster.submit(session, 40, "a")
     row = session.jobs.wait(live.id, timeout_s=30)
@@ -206,8 +195,10 @@ def test_sigkill_of_a_worker_mid_batch(make_cluster):
     ]
     takeover_s = max(starts) - killed_wall
     print(f"\ntake-over {takeover_s:.2f} s after SIGKILL; batch done {finished_s:.2f} s after")
-    assert takeover_s <= JOB_TIMEOUT_S + ARQ_POLL_S + 0.5
-    assert finished_s <= JOB_TIMEOUT_S + ARQ_POLL_S + 0.8 + 3  # + one answer's latency
+    # room for three processes on a loaded machine; the take-over still comes from the 4 s
+    # job timeout, not the default one (deadline_s + 15 s = 18 s here)
+    assert takeover_s <= JOB_TIMEOUT_S + ARQ_POLL_S + 2
+    assert finished_s <= JOB_TIMEOUT_S + 10
 
 
 @pytest.mark.slow
@@ -286,31 +277,6 @@ def test_worker_without_redis_exits_2_with_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mirai worker: Redis at redis://127.0.0.1:")
     assert "unreachable" in lines[0] and "hunter2pass" not in done.stderr
-
-
-@contextlib.contextmanager
-def server_process() -> Iterator[str]:
-    """`mirai serve` in a process of its own: its request times are not delayed by this
-    process (the kernel Session, the test) holding the GIL. Yields the SDK base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mirai_magics.cli", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()  # "mirai offline server listening on …"
-        assert "listening on" in line, line
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def arrivals_at(url: str) -> list[float]:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/_mirai/stats", timeout=5) as answer:
-        return sorted(json.load(answer)["arrivals"])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from kernelutil import Kernel, server_kernel_env
 from prometheus_client.parser import text_string_to_metric_families
+from serverproc import requests_reach
 
 from mirai_magics.calllog import SCHEMA, CallLog, main_log_path, read_calls
 from mirai_magics.client.records import CallRecord, Degradation, Reply, Route
@@ -228,14 +229,16 @@ def test_a_failing_fast_classifier_falls_back_to_local_and_rests(
 
 
 def test_a_hanging_fast_classifier_times_out_to_local(make_session, offline_server):
-    session = make_session("routing: {classifier: fast, classifier_timeout_s: 0.2}")
+    # 1 s: the classifier's request is surely read (and takes "hang") before it gives up
+    session = make_session("routing: {classifier: fast, classifier_timeout_s: 1}")
     offline_server.script(["hang", "ok"])
     record = session.chat(user(CODE), "auto").record
+    assert requests_reach(offline_server, 2) == 2
     assert models_sent(offline_server) == ["gpt-3.5-turbo", "gpt-4o"]
     assert record.route == Route("heavy", "code generation", "local (fast failed: timeout)")
     assert record.ok and record.attempts == 1
     router_call = session.records[0]  # its record says why it ended, not "cancelled by the user"
-    assert router_call.error == "no verdict within 0.2 s (routing.classifier_timeout_s)"
+    assert router_call.error == "no verdict within 1 s (routing.classifier_timeout_s)"
     assert router_call.error_code == "timeout"
 
 

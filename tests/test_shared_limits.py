@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -76,10 +77,23 @@ async def hammer(url: str, namespace: str, start_at: float, stop_at: float) -> l
     return sent
 
 
-HAMMER = (
-    "import asyncio, json, sys; from test_shared_limits import hammer; "
-    "print(json.dumps(asyncio.run(hammer(sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])))))"
+HAMMER = (  # says "ready" once imported, then takes "start_at stop_at" from stdin
+    "import asyncio, json, sys; from test_shared_limits import hammer; print('ready', flush=True); "
+    "start_at, stop_at = map(float, sys.stdin.readline().split()); "
+    "print(json.dumps(asyncio.run(hammer(sys.argv[1], sys.argv[2], start_at, stop_at))))"
 )
+READY_TIMEOUT_S = 60.0  # importing the package on a loaded machine
+
+
+def wait_ready(children: list[subprocess.Popen]) -> None:
+    """Each child has printed "ready" (fail after READY_TIMEOUT_S in all)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for child in children:
+        readable, _, _ = select.select(
+            [child.stdout], [], [], max(0.0, deadline - time.monotonic())
+        )
+        line = child.stdout.readline() if readable else ""
+        assert line == "ready\n", f"a child was not ready within {READY_TIMEOUT_S:g} s: {line!r}"
 
 
 def busiest_second(times: list[float]) -> int:
@@ -89,13 +103,24 @@ def busiest_second(times: list[float]) -> int:
 
 
 def test_two_processes_and_this_one_never_exceed_the_rate_in_any_second(shared_redis_server, ns):  # noqa: F811
-    start_at = time.time() + 2.0  # the children import the package meanwhile
-    stop_at = start_at + 3.0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    args = [sys.executable, "-c", HAMMER, shared_redis_server.url, ns, str(start_at), str(stop_at)]
-    children = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
-    mine = run(hammer, shared_redis_server.url, ns, start_at, stop_at)
-    theirs = [json.loads(child.communicate(timeout=30)[0]) for child in children]
+    args = [sys.executable, "-c", HAMMER, shared_redis_server.url, ns]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    children = [subprocess.Popen(args, env=env, **pipes) for _ in "ab"]
+    try:
+        wait_ready(children)
+        start_at = time.time() + 0.5  # all three start together, each already imported
+        stop_at = start_at + 3.0
+        for child in children:
+            child.stdin.write(f"{start_at!r} {stop_at!r}\n")
+            child.stdin.flush()
+        mine = run(hammer, shared_redis_server.url, ns, start_at, stop_at)
+        theirs = [json.loads(child.communicate(timeout=30)[0]) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=5)
     assert all(child.returncode == 0 for child in children)
     assert mine and all(theirs), "every process sent something"
     every = mine + [t for sent in theirs for t in sent]

@@ -425,6 +425,17 @@ def test_batch_with_a_model_of_the_notebook_gives_typed_rows(fresh, server):
 
 
 @pytest.mark.kernel
+def test_the_batch_line_command_takes_a_schema_too(fresh, server):
+    fresh.run("names = ['Ann', 'Bob']")
+    fresh.run("people = %mirai batch names -t 'Invent {item}.' --schema Person")
+    assert shown(fresh, "type(people[1].data).__name__, people.failed") == "Person []"
+    assert all(b["response_format"]["json_schema"]["strict"] for b in chat_bodies(server))
+    wrong = fresh.run("%mirai batch names -t 'Invent {item}.' --schema Persn", allow_error=True)
+    assert "--schema Persn: no such name in the notebook" in wrong.text
+    assert len(chat_bodies(server)) == 2  # the bad name sent nothing
+
+
+@pytest.mark.kernel
 def test_the_readme_batch_gives_people(fresh, server):
     fresh.run(readme_block("typed-batch"))
     assert shown(fresh, "people[0].data.age, people.failed") == "0 []"
@@ -445,3 +456,15 @@ def test_a_model_without_a_json_schema_is_one_line():
     with pytest.raises(UsageError) as info:
         model_schema(Handler)
     assert "Handler has no JSON schema" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_json_null_answer_is_none_for_out_not_the_string_null(capsys):
+    from mirai_magics.client.records import CallRecord, Reply
+    from mirai_magics.ui.render import render_answer
+
+    record = CallRecord(profile="main", model="gpt-4o-mini", tokens_in=3, tokens_out=1)
+    rendered = render_answer(Reply("null", record), "json", shell=None)
+    assert rendered.error is None and rendered.reply.value is None  # what --out stores
+    assert render_answer(Reply("[]", record), "json", shell=None).reply.value == []
+    text = render_answer(Reply("a line", record), "markdown", shell=None).reply
+    assert text.value == "a line"

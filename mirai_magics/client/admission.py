@@ -95,7 +95,8 @@ class Admission:
         record = self.record
         try:  # money first: it is local and cannot fail; a Redis settle may be cancelled
             self.policy.spend.settle(self.hold, record, failed=exc[0] is not None)
-            await self._settle_tokens((record.tokens_in or 0) + (record.tokens_out or 0))
+            used = (record.tokens_in or 0) + (record.tokens_out or 0)
+            await self._settle_tokens(used + record.cut_tokens_in + record.cut_tokens_out)
         finally:
             await self.slots.__aexit__(None, None, None)
 

@@ -314,6 +314,7 @@ class ResilientClient:
             if replayed is not None:  # None: a miss in fallthrough mode goes live
                 return replayed
         self.breaker(params["model"], prof.endpoint).check()  # open: refuse before any quota
+        _ = self.sdk_for(prof.endpoint).chat.completions  # lazy SDK imports: not after the slot
         async with self._admitted("chat", record, call.background) as gate:
             return await self._retrying(
                 record,
@@ -473,11 +474,14 @@ class ResilientClient:
 
         parts: list[str] = []
         calls = ToolCallParts()
+        answering, billed = False, False  # a chunk arrived; the usage chunk arrived
         try:
             async for chunk in stream:
+                answering = True
                 record.offline = chunk.system_fingerprint == OFFLINE_FINGERPRINT
                 record.response_model = chunk.model or record.response_model
                 if chunk.usage is not None:
+                    billed = True
                     _take_usage(record, chunk.usage)
                 for choice in chunk.choices:
                     if choice.finish_reason:
@@ -487,6 +491,10 @@ class ResilientClient:
                         parts.append(piece)
                         shown.text(piece)
                     calls.add(choice.delta.tool_calls if choice.delta else None)
+        except BaseException:
+            if answering and not billed:
+                _count_cut(record, params, "".join(parts))
+            raise
         finally:
             await stream.close()
         return calls.answer("".join(parts))
@@ -534,6 +542,13 @@ def answer_of(choice: Any) -> str:
     message = choice.message if choice else None
     text = (message.content if message else None) or ""
     return with_calls(text, calls_of(getattr(message, "tool_calls", None)))
+
+
+def _count_cut(record: CallRecord, params: dict[str, Any], received: str) -> None:
+    """A stream cut before its usage chunk: its prompt (the pre-flight count) and the text
+    received so far are added to the record's estimated ``cut_tokens_*``."""
+    record.cut_tokens_in += max(record.tokens_estimated - output_cap(params), 0)
+    record.cut_tokens_out += count_text(received)[0] if received else 0
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

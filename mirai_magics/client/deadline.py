@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,17 +36,30 @@ class AttemptTimedOut(TimeoutError):
         super().__init__(f"no complete answer within {seconds:g} s ({setting})")
 
 
+# Each task's innermost open _LoopTimer (Python 3.10).
+_INNERMOST: weakref.WeakKeyDictionary[asyncio.Task[Any], _LoopTimer] = weakref.WeakKeyDictionary()
+
+
 class _LoopTimer:
-    """``asyncio.timeout`` for Python 3.10: cancel the task at the bound, then TimeoutError."""
+    """``asyncio.timeout`` for Python 3.10: cancel the task at the bound, then TimeoutError.
+    As there, when an enclosing scope has fired too, the cancellation goes on up to it: 3.10
+    merges two cancels of a task into one CancelledError, which the inner scope would take."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self._fired = False
         self._task: asyncio.Task[Any] | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._outer: _LoopTimer | None = None
 
     def expired(self) -> bool:
         return self._fired
+
+    def _outer_fired(self) -> bool:
+        scope = self._outer
+        while scope is not None and not scope._fired:
+            scope = scope._outer
+        return scope is not None
 
     def _fire(self) -> None:
         self._fired = True
@@ -54,13 +68,21 @@ class _LoopTimer:
 
     async def __aenter__(self) -> _LoopTimer:
         self._task = asyncio.current_task()
+        if self._task is not None:
+            self._outer = _INNERMOST.get(self._task)
+            _INNERMOST[self._task] = self
         self._handle = asyncio.get_running_loop().call_later(self.seconds, self._fire)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        if self._fired and exc_type is asyncio.CancelledError:
+        if self._task is not None:
+            if self._outer is None:
+                _INNERMOST.pop(self._task, None)
+            else:
+                _INNERMOST[self._task] = self._outer
+        if self._fired and exc_type is asyncio.CancelledError and not self._outer_fired():
             raise TimeoutError from exc
 
 

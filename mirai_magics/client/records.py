@@ -89,6 +89,11 @@ class CallRecord:
     tokens_in: int | None = None
     tokens_out: int | None = None
     tokens_estimated: int = 0
+    # attempts whose stream was cut (deadline, Ctrl-C, a dropped connection) after the model
+    # started answering but before its usage chunk: the provider bills them all the same, so
+    # their prompt and the text received so far are counted, estimated (budgets, cost, badge)
+    cut_tokens_in: int = 0
+    cut_tokens_out: int = 0
     latency_ms: float = 0.0
     attempts: int = 0
     retry_reasons: list[str] = field(default_factory=list)

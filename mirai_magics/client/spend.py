@@ -6,7 +6,8 @@ output cap) at the model's input price plus the output cap (uncapped: ``limits.t
 per_request_max``) at its output price — on top of what was spent and what calls in flight
 hold, must fit ``per_session`` and ``per_day``; else the call is refused with one line that
 names the setting. When the call ends, ``settle`` puts the cost of its reported usage in
-place of the estimate, so totals are real costs, never estimates.
+place of the estimate, so totals are real costs (a stream cut before its usage chunk: the
+estimate of what it was billed, ``CallRecord.cut_tokens_*``).
 
 Per day is this machine's calendar day: what the call log holds for today from before this
 session started (read on the first check, so a kernel restart keeps the day's spend; other
@@ -108,12 +109,13 @@ class Spend:
 
     def settle(self, hold: Hold | None, record: CallRecord, failed: bool = False) -> None:
         """The call ended: its real cost replaces the hold. An attempt that failed without
-        usage cost nothing we know of and is not counted."""
+        usage cost nothing we know of and is not counted; a stream cut after the model began
+        is counted from its estimate (``CallRecord.cut_tokens_*``)."""
         cost = self.prices.cost(record)
         with self._lock:
             if hold is not None:
                 self.held = max(self.held - hold.amount, 0.0)
-            if failed and record.tokens_in is None:
+            if failed and record.tokens_in is None and not record.cut_tokens_in:
                 return
             self.by_model.setdefault(record.model, ModelSpend()).add(cost)
             self._roll()

@@ -91,6 +91,8 @@ async def build_client(config: Config) -> tuple[Any, Any]:
 
 async def _startup(ctx: dict[str, Any]) -> None:
     ctx["client"], ctx["endpoint"] = await build_client(ctx["config"])
+    sdk = ctx["client"].sdk  # the SDK imports these lazily: once here, not in the first item
+    _ = sdk.chat.completions, sdk.embeddings
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:

@@ -33,7 +33,9 @@ from .vectors import VectorCache, chunks
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
-_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+# SQLITE_CORRUPT, SQLITE_NOTADB (sqlite3 names them, and errors carry their code, from Python
+# 3.11 on; 3.10 has only the message SQLite gives them)
+_CORRUPT = {11: "database disk image is malformed", 26: "file is not a database"}
 
 
 class Store:
@@ -64,7 +66,7 @@ class Store:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
+            if is_corrupt(exc):
                 raise corrupt(self.path, exc) from None
             raise
 
@@ -246,6 +248,14 @@ def _delete(
         db.executemany("INSERT INTO tombstones VALUES (?, ?)", [(k, gen) for (k,) in keys])
         deleted += len(keys)
     return deleted
+
+
+def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """True when SQLite calls the file corrupt or not a database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT
+    return any(message in str(exc) for message in _CORRUPT.values())
 
 
 def corrupt(path: Path, exc: BaseException) -> MemoryCorruptError:

@@ -324,15 +324,23 @@ def jobs(magics: Any, args: Args) -> Any:
 @argument("-f", "--format", default="text", choices=["text", "json", "markdown", "code"])
 @argument("--max-tokens", type=tokens, default=None, dest="max_tokens", help="output cap per item")
 @argument("--out", type=variable, default=None, help="also store the results in this variable")
+@argument(
+    "--schema",
+    default=None,
+    metavar="NAME",
+    help="typed rows: a pydantic model class or JSON-schema dict of the notebook",
+)
 def batch_command(magics: Any, args: Args) -> Any:
     """One prompt per item of VAR in the background, with a progress bar; the results.
 
     ``%mirai batch resume ID`` finishes a batch's unfinished items (after a restart) and
-    waits, like ``batch()``.
+    waits, like ``batch()``. ``--schema NAME`` makes each row's ``.data`` an instance of
+    that model (as ``batch(..., schema=Model)``).
 
     Example::
 
         answers = %mirai batch cities -t "One fact about {item}" -p main
+        people = %mirai batch names -t "Invent {item}" --schema Person
         %mirai batch resume b1f2c3d
     """
     from .jobs_cmd import run_batch_command

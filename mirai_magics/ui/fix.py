@@ -34,11 +34,15 @@ class FailedCell:
 def failed_cell(result: Any, shell: Any) -> FailedCell | None:
     """The failed cell of an ExecutionResult (None when it did not fail): post_run_cell."""
     error = result.error_in_exec or result.error_before_exec
-    if error is None or result.execution_count is None:
+    # IPython 8 (the one Python 3.10 gets) leaves out the count of a cell run without history
+    # (as nbval runs them): it is the shell's, which that cell did not move on
+    count = result.execution_count
+    count = getattr(shell, "execution_count", None) if count is None else count
+    if error is None or count is None:
         return None
     info = result.info
     return FailedCell(
-        result.execution_count,
+        count,
         getattr(info, "raw_cell", None) or "",
         getattr(info, "cell_id", None),
         format_error(error, cell_names(shell)),

@@ -212,6 +212,11 @@ def run_batch_command(magics: Any, args: Any) -> Any:
             f"no variable {args.target!r} in the notebook",
             hint="%mirai batch VAR: VAR names a list or pandas Series defined earlier",
         )
+    schema = None
+    if args.schema is not None:
+        from ..answer_schema import resolve_schema
+
+        schema = resolve_schema(args.schema, namespace)  # one line naming NAME if wrong
     return batch(
         namespace[args.target],
         profile=args.profile or magics.defaults.profile_in(session.config),
@@ -220,4 +225,5 @@ def run_batch_command(magics: Any, args: Any) -> Any:
         out=args.out,
         max_tokens=args.max_tokens,
         session=session,
+        schema=schema,
     )

@@ -76,8 +76,13 @@ def short_output(shell: Any, result: Any) -> str:
     if value is None:
         return ""
     reprs = getattr(getattr(shell, "history_manager", None), "output_hist_reprs", None)
-    # the displayhook filed it under its prompt count (execution_count - 1 by now)
-    text = reprs.get(shell.execution_count - 1) if reprs is not None else None
+    # the displayhook filed it under its prompt count: n for In[n], and for a cell kept out of
+    # history (as nbval runs them) the count it has now, which IPython 8 (the one Python 3.10
+    # gets) and IPython 9 differ on
+    hook = getattr(shell, "displayhook", None)
+    kept = getattr(result.info, "store_history", True)
+    key = result.execution_count if kept else getattr(hook, "prompt_count", None)
+    text = reprs.get(key) if reprs is not None else None
     if text is None:
         if isinstance(value, str):
             text = repr(value[:OUTPUT_CAP])

@@ -50,7 +50,7 @@ class CellReply(Reply):
 
     @property
     def value(self) -> Any:
-        return self.data if self.fmt == "json" and self.data is not None else self.text
+        return self.data if self.fmt == "json" else self.text  # JSON null: None, not "null"
 
     def _repr_markdown_(self) -> str | None:
         return self.text if self.fmt in ("markdown", "code") else None

@@ -180,12 +180,13 @@ def test_background_cell_fills_in_its_own_output_later(open_notebook, e2e_server
         "%%mirai --bg --no-memory\nSay hi.",
         "%%mirai --bg --no-memory\nSay hello.",
         "%%mirai --bg --no-memory\nSay goodbye.",
-        "import time\ntime.sleep(4)\nprint('slept')",
+        "import time\ntime.sleep(8)\nprint('slept')",  # the 3 s answer lands in its middle
     ]
     notebook = open_notebook("background", sources)
     notebook.run(0)
     expect_answered(notebook.run(1), "Say hi")
-    e2e_server.set_faults(latency_ms=1500)  # from here on, answers come after their cell ended
+    # from here on, answers come seconds after their cell ended (seen queued, even when loaded)
+    e2e_server.set_faults(latency_ms=3000)
     queued = expect_queued(notebook, 2)
     notebook.screenshot("6-background-queued", upto=2)
     expect_answered(queued, "Say hello")
