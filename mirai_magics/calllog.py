@@ -135,7 +135,9 @@ def cost_totals(
 ) -> dict[str, ModelSpend]:
     """Live answered calls per model (calls, cost, unpriced) of one notebook and/or started
     in [since, until); empty without a file or before the cost column."""
-    where, args = ["replayed = 0", "(error IS NULL OR tokens_in IS NOT NULL)"], []
+    # a failed call counts when it reported usage or was billed for streams cut before theirs
+    answered = "(error IS NULL OR tokens_in IS NOT NULL OR cost IS NOT NULL)"
+    where, args = ["replayed = 0", answered], []
     for clause, value in (("notebook = ?", notebook), ("time >= ?", since), ("time < ?", until)):
         if value is not None:
             where.append(clause)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -158,16 +158,22 @@ class Prices:
             return cost(tokens_in, tokens_out, price)
         return 0.0 if free else catalog_cost(model, tokens_in, tokens_out, at)
 
-    def cost(self, record: CallRecord) -> float | None:
-        """What the call cost, from the usage it reported plus the estimate of its streams cut
-        before their usage (None: neither, or no price)."""
+    def cost(self, record: CallRecord, since: int = 0) -> float | None:
+        """What the call cost: the usage it reported plus its streams cut before their usage
+        (``record.cuts[since:]``: one hop's, for its settlement), each at its hop's model.
+        None: neither, or no price."""
         if record.replayed:
             return 0.0
-        cut_in, cut_out = record.cut_tokens_in, record.cut_tokens_out
-        if (record.tokens_in is None or record.tokens_out is None) and not (cut_in or cut_out):
+        cuts = record.cuts[since:]
+        reported = record.tokens_in is not None and record.tokens_out is not None
+        if not (reported or cuts):
             return None
-        tokens_in, tokens_out = (record.tokens_in or 0) + cut_in, (record.tokens_out or 0) + cut_out
-        return self.tokens_cost(record, tokens_in, tokens_out, record.started_at)
+        parts = [(record, record.tokens_in, record.tokens_out)] if reported else []
+        for cut in cuts:
+            hop = replace(record, model=cut.model, endpoint=cut.endpoint, response_model=None)
+            parts.append((hop, cut.tokens_in, cut.tokens_out))
+        costs = [self.tokens_cost(r, i or 0, o or 0, record.started_at) for r, i, o in parts]
+        return None if None in costs else sum(c for c in costs if c is not None)
 
 
 def as_prices(prices: Prices | Mapping[str, Any] | None) -> Prices:

@@ -1,8 +1,10 @@
 """What one request holds while it is sent: a concurrency slot, a rate slot, its token estimate.
 
 ``async with policy.admit(kind, record, background)`` takes them in that order (the budget
-last, right before sending, so a call queued for a slot or a rate token holds no tokens it
-has not used yet) and settles the estimate with the API's ``usage`` on exit.
+last, so a call queued for a slot or a rate token holds no tokens it has not used yet; in
+Redis mode a slot the reservation's round trip made late is booked again, holding the tokens
+for that one wait) and settles the estimate with the API's ``usage`` on exit: one fallback
+hop's, its streams cut before their usage included (``CallRecord.cuts``).
 
 With ``limits.backend: local`` the rate is the policy's token bucket and the budgets its
 rolling minutes, per process; retries are paced by backoff and take no token. With
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 YIELD_S = 0.02  # background: how often to look again while a cell waits for a rate slot
 BUDGET_POLL_S = (0.05, 2.0)  # background waiting for budget: asks again within these bounds
-REBOOKS = 5  # an overslept slot is booked again at most this often, then used as it is
+REBOOKS = 5  # bookings of one send at most while each comes up overslept; the last is used
 
 
 class SharedReservation:
@@ -59,11 +61,15 @@ class Admission:
     ``policy`` is the ``Policy`` that made it (untyped here: policy.py imports this module).
     """
 
-    __slots__ = ("background", "hold", "kind", "policy", "record", "reservation", "slots")
+    __slots__ = (
+        *("background", "cuts_from", "hold", "kind", "policy", "record", "reservation"),
+        "slots",
+    )
 
     def __init__(self, policy: Any, kind: str, record: CallRecord, background: bool):
         self.policy, self.kind, self.record = policy, kind, record
         self.background = background
+        self.cuts_from = len(record.cuts)  # the streams this hop cuts are its own to settle
         self.slots = policy.slots.hold(kind, background)
         self.reservation: Reservation | SharedReservation | None = None
         self.hold: Hold | None = None
@@ -93,10 +99,12 @@ class Admission:
 
     async def __aexit__(self, *exc: object) -> None:
         record = self.record
+        cuts = record.cuts[self.cuts_from :]
         try:  # money first: it is local and cannot fail; a Redis settle may be cancelled
-            self.policy.spend.settle(self.hold, record, failed=exc[0] is not None)
+            failed = exc[0] is not None
+            self.policy.spend.settle(self.hold, record, failed, self.cuts_from)
             used = (record.tokens_in or 0) + (record.tokens_out or 0)
-            await self._settle_tokens(used + record.cut_tokens_in + record.cut_tokens_out)
+            await self._settle_tokens(used + sum(c.tokens_in + c.tokens_out for c in cuts))
         finally:
             await self.slots.__aexit__(None, None, None)
 
@@ -155,7 +163,7 @@ class Admission:
             try:  # slow (a loaded machine): sent now, the slot would crowd the next second
                 with contextlib.suppress(RedisUnavailableError):
                     await shared.refund(self.kind, member)
-                await self._rate_slot(shared)
+                await self._rate_slot(shared, retry=True)  # it had its slot: not refused now
             except BaseException:
                 self.reservation = None
                 await reservation.settle(0)
@@ -167,12 +175,13 @@ class Admission:
         A slot overslept by more than half the schedule's guard (a busy event loop) is given
         back and another booked: sending late would crowd the next second past the limit.
         """
-        for _ in range(REBOOKS):
-            member, due = await self._book_and_wait(shared, retry)
+        member, due = await self._book_and_wait(shared, retry)
+        for _ in range(REBOOKS - 1):  # the last one booked is used as it is
             if self.policy.clock() - due <= shared.guard_s / 2:  # the other half: to the wire
-                return member, due
+                break
             with contextlib.suppress(RedisUnavailableError):
                 await shared.refund(self.kind, member)
+            member, due = await self._book_and_wait(shared, retry)
         return member, due
 
     async def _book_and_wait(self, shared: SharedLimits, retry: bool) -> tuple[str, float]:

@@ -37,7 +37,7 @@ from .failures import as_mirai_error, chain_label, fallback_reason
 from .keys import KEY_ROTATED
 from .observers import Observer
 from .params import chat_params, output_cap
-from .records import FALLBACK, Attempt, CallRecord, Degradation, Reply
+from .records import FALLBACK, Attempt, CallRecord, Cut, Degradation, Reply
 from .retry import Outcome, backoff, classify, stop_before_deadline, wait_retry_after
 from .routing import AUTO, Router
 
@@ -546,9 +546,10 @@ def answer_of(choice: Any) -> str:
 
 def _count_cut(record: CallRecord, params: dict[str, Any], received: str) -> None:
     """A stream cut before its usage chunk: its prompt (the pre-flight count) and the text
-    received so far are added to the record's estimated ``cut_tokens_*``."""
-    record.cut_tokens_in += max(record.tokens_estimated - output_cap(params), 0)
-    record.cut_tokens_out += count_text(received)[0] if received else 0
+    received so far, estimated, join the record's ``cuts`` (at this hop's model)."""
+    prompt = max(record.tokens_estimated - output_cap(params), 0)
+    out = count_text(received)[0] if received else 0
+    record.cuts.append(Cut(record.model, record.endpoint, prompt, out))
 
 
 def _take_usage(record: CallRecord, usage: Any) -> None:

@@ -42,8 +42,10 @@ _INNERMOST: weakref.WeakKeyDictionary[asyncio.Task[Any], _LoopTimer] = weakref.W
 
 class _LoopTimer:
     """``asyncio.timeout`` for Python 3.10: cancel the task at the bound, then TimeoutError.
-    As there, when an enclosing scope has fired too, the cancellation goes on up to it: 3.10
-    merges two cancels of a task into one CancelledError, which the inner scope would take."""
+    Nested scopes that fire together (an attempt's timeout and the call's deadline): the
+    cancellation goes on up to the outer one, as 3.11 does (3.10 merges two cancels of a
+    task into one CancelledError, which the inner scope would otherwise take). Unlike 3.11,
+    an outside cancel (Ctrl-C) in the same tick as a scope firing reads as that timeout."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -77,7 +79,7 @@ class _LoopTimer:
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        if self._task is not None:
+        if self._task is not None and _INNERMOST.get(self._task) is self:  # exited in order
             if self._outer is None:
                 _INNERMOST.pop(self._task, None)
             else:

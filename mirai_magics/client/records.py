@@ -76,6 +76,16 @@ class Attempt:
     latency_s: float | None = None  # from just before the request to its end (or failure)
 
 
+@dataclass(frozen=True)
+class Cut:
+    """One attempt's stream cut before its usage chunk: its estimated tokens, and where."""
+
+    model: str
+    endpoint: str | None
+    tokens_in: int
+    tokens_out: int
+
+
 @dataclass
 class CallRecord:
     """Everything the badge, metrics, logs and the call log need about one call."""
@@ -91,9 +101,9 @@ class CallRecord:
     tokens_estimated: int = 0
     # attempts whose stream was cut (deadline, Ctrl-C, a dropped connection) after the model
     # started answering but before its usage chunk: the provider bills them all the same, so
-    # their prompt and the text received so far are counted, estimated (budgets, cost, badge)
-    cut_tokens_in: int = 0
-    cut_tokens_out: int = 0
+    # their prompt and the text received so far are counted, estimated (budgets, cost, badge),
+    # each at the model of its hop
+    cuts: list[Cut] = field(default_factory=list)
     latency_ms: float = 0.0
     attempts: int = 0
     retry_reasons: list[str] = field(default_factory=list)
@@ -120,6 +130,14 @@ class CallRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def cut_tokens_in(self) -> int:
+        return sum(cut.tokens_in for cut in self.cuts)
+
+    @property
+    def cut_tokens_out(self) -> int:
+        return sum(cut.tokens_out for cut in self.cuts)
 
     @property
     def reroute(self) -> Degradation | None:

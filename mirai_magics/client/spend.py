@@ -107,15 +107,17 @@ class Spend:
             self.held += estimate
         return Hold(estimate)
 
-    def settle(self, hold: Hold | None, record: CallRecord, failed: bool = False) -> None:
-        """The call ended: its real cost replaces the hold. An attempt that failed without
-        usage cost nothing we know of and is not counted; a stream cut after the model began
-        is counted from its estimate (``CallRecord.cut_tokens_*``)."""
-        cost = self.prices.cost(record)
+    def settle(
+        self, hold: Hold | None, record: CallRecord, failed: bool = False, cuts_from: int = 0
+    ) -> None:
+        """A hop of the call ended: its real cost replaces the hold. A hop that failed without
+        usage cost nothing we know of and is not counted; its streams cut after the model
+        began (``record.cuts[cuts_from:]``, this hop's) count from their estimate."""
+        cost = self.prices.cost(record, cuts_from)
         with self._lock:
             if hold is not None:
                 self.held = max(self.held - hold.amount, 0.0)
-            if failed and record.tokens_in is None and not record.cut_tokens_in:
+            if failed and record.tokens_in is None and not record.cuts[cuts_from:]:
                 return
             self.by_model.setdefault(record.model, ModelSpend()).add(cost)
             self._roll()

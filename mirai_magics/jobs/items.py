@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..client.records import CallRecord, Degradation, Route
+from ..client.records import CallRecord, Cut, Degradation, Route
 from ..errors import MiraiError
 from ..text import clip, json_problem, parse_json
 
@@ -130,6 +130,8 @@ def record_dict(record: CallRecord) -> dict[str, Any]:
     """The part of a CallRecord worth keeping with a result (JSON-safe)."""
     out = {name: getattr(record, name) for name in RECORD_FIELDS}
     out["degradations"] = [asdict(d) for d in record.degradations]
+    if record.cuts:
+        out["cuts"] = [asdict(c) for c in record.cuts]
     if record.route is not None:
         out["route"] = asdict(record.route)
     return out
@@ -142,6 +144,7 @@ def record_from_dict(data: dict[str, Any] | None) -> CallRecord | None:
     values = {k: v for k, v in data.items() if k in RECORD_FIELDS}
     record = CallRecord(**{"profile": "", "model": "", **values})
     record.degradations = [Degradation(**d) for d in data.get("degradations") or []]
+    record.cuts = [Cut(**c) for c in data.get("cuts") or []]
     if data.get("route"):
         record.route = Route(**data["route"])
     return record

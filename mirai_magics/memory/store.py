@@ -34,8 +34,10 @@ from .vectors import VectorCache, chunks
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 # SQLITE_CORRUPT, SQLITE_NOTADB (sqlite3 names them, and errors carry their code, from Python
-# 3.11 on; 3.10 has only the message SQLite gives them)
-_CORRUPT = {11: "database disk image is malformed", 26: "file is not a database"}
+# 3.11 on; 3.10 has only the messages SQLite gives them: "database disk image is malformed",
+# "malformed database schema (…)", "file is not a database")
+_CORRUPT = (11, 26)
+_CORRUPT_WORDS = ("malformed", "file is not a database")
 
 
 class Store:
@@ -255,7 +257,7 @@ def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in _CORRUPT
-    return any(message in str(exc) for message in _CORRUPT.values())
+    return any(word in str(exc) for word in _CORRUPT_WORDS)
 
 
 def corrupt(path: Path, exc: BaseException) -> MemoryCorruptError:

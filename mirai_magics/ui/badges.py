@@ -110,7 +110,7 @@ def badge_flags(record: CallRecord, extra: Sequence[str] = ()) -> list[str]:
         flags.append(f"retried ×{len(record.retry_reasons)} ({', '.join(record.retry_reasons)})")
     if record.cut_tokens_in or record.cut_tokens_out:
         cut = f"~{record.cut_tokens_in:,}→{record.cut_tokens_out:,}"
-        flags.append(f"cut stream billed: {cut} tokens counted")
+        flags.append(f"cut stream: {cut} tokens counted")  # in the budgets (and the cost)
     flags.extend(degradation_flags(record))
     flags.extend(version_flags(record))
     if record.breaker and record.breaker != "closed":

@@ -8,6 +8,7 @@ gets the answer when it completes, in completion order, and the badge says so.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..errors import JobError, UsageError
 from ..jobs.items import ItemResult, payload
-from ..text import clip
+from ..text import clip, parse_json
 from .late import LateDisplay
 from .render import answer_bundle, error_bundle
 from .status import Listing
@@ -84,7 +85,7 @@ def _show_background(
         if request.fmt == "code":
             flags.append("code not inserted (background): %mirai jobs result " + job_id)
         if request.out:
-            namespace[request.out] = result.value
+            _store_out(namespace, request.out, request.fmt, result.text)
     if result.record is not None:
         badge.update(
             {
@@ -227,3 +228,13 @@ def run_batch_command(magics: Any, args: Any) -> Any:
         session=session,
         schema=schema,
     )
+
+
+def _store_out(namespace: Any, name: str, fmt: str, text: str) -> None:
+    """`--out NAME` of a background cell, as a cell's: JSON parsed (``null`` is None), never
+    half a string; other formats the text."""
+    if fmt != "json":
+        namespace[name] = text
+        return
+    with contextlib.suppress(ValueError):  # invalid JSON: its red line says so; nothing stored
+        namespace[name] = parse_json(text)
