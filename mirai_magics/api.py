@@ -176,6 +176,12 @@ def batch(
     return collect(session, live.id)
 
 
+def typed_rows(job_id: str, schema: AnswerSchema) -> None:
+    """Check the rows of batch ``job_id`` against ``schema`` when they are collected
+    (`%mirai batch resume ID --schema NAME` after a restart: the kernel forgot it)."""
+    _schemas[job_id] = schema
+
+
 def _batch_schema(schema: Any, fmt: str) -> AnswerSchema | None:
     """``batch(schema=...)`` as an AnswerSchema (None without); typed answers are JSON."""
     if schema is None:

@@ -6,8 +6,10 @@ file and line that wrote it. Refused:
 * a field named like a key anywhere (``api_key``, ``token``, ``password``…, :data:`KEY_NAMES`);
 * a string value shaped like one (``sk-…``, ``Bearer …``, a PEM private key: ``looks_like_key``);
 * under ``endpoints.<name>.default_headers`` / ``default_query``, any value of a name that
-  carries credentials (:func:`carries_credentials`: ``Authorization``, ``x-api-key``, ``key``,
-  ``access_token``, ``Cookie``…), whatever it looks like.
+  carries credentials (:func:`carries_credentials`: ``Authorization``, ``x-api-key``,
+  ``Ocp-Apim-Subscription-Key``, ``access_token``, ``Cookie``…), whatever it looks like; and
+  a header or query value, or a ``base_url``, holding what the redaction pass hides
+  (``Basic dXNl…``, ``https://user:pw@proxy/v1``, ``?api_key=…``).
 
 The config expands no ``${ENV}`` references, so the one way in for a key is the environment
 variable an ``api_key_env_var`` names: the SDK sends it itself (``Authorization: Bearer …``,
@@ -16,17 +18,25 @@ or Azure's ``api-key`` header when the endpoint has ``api_version``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from .redact import looks_like_key
+from .redact import looks_like_key, redact
 
 KEY_NAMES = frozenset({"api_key", "apikey", "api-key", "secret", "secret_key", "password", "token"})
 KEY_HINT = "set the environment variable named by security.api_key_env_var instead"
 KEY_PROBLEM = "API keys must not be in the config file"
-# header / query names that carry credentials: these whole names, or any name holding a part
-CREDENTIAL_NAMES = frozenset({"authorization", "proxy-authorization", "key", "cookie"})
-CREDENTIAL_PARTS = ("api-key", "api_key", "apikey", "token", "secret", "password")
+# header / query names that carry credentials: these whole names, or a name whose last part
+# (split at - and _) is one of these: x-api-key, Ocp-Apim-Subscription-Key, X-Auth-Token,
+# client_secret; not x-max-tokens, X-Token-Budget, tokenizer
+CREDENTIAL_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "code", "sig"})
+CREDENTIAL_LAST = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "auth", "credential"}
+    | {"credentials", "cookie", "signature", "sig"}
+)
 SENT_MAPS = ("default_headers", "default_query")  # of an entry of endpoints:
+_PARTS = re.compile(r"[-_\s]+")
+_SCHEME = re.compile(r"(?i)(?:basic|bearer|token|digest)\s+\S{8,}")  # an Authorization value
 
 Path = tuple[Any, ...]
 Secret = tuple[Path, str, str]  # (key path, problem, hint)
@@ -35,7 +45,8 @@ Secret = tuple[Path, str, str]  # (key path, problem, hint)
 def carries_credentials(name: str) -> bool:
     """True for a header or query parameter name that carries a credential."""
     low = name.strip().lower()
-    return low in CREDENTIAL_NAMES or any(part in low for part in CREDENTIAL_PARTS)
+    parts = [p for p in _PARTS.split(low) if p]
+    return low in CREDENTIAL_NAMES or (bool(parts) and parts[-1] in CREDENTIAL_LAST)
 
 
 def secret_in(data: Any) -> Secret | None:
@@ -79,6 +90,17 @@ def _walk(node: Any, path: Path) -> tuple[Path, str] | None:
         for i, value in enumerate(node):
             if (found := _walk(value, (*path, i))) is not None:
                 return found
-    elif isinstance(node, str) and looks_like_key(node):
+    elif isinstance(node, str) and (looks_like_key(node) or _sent_secret(path, node)):
         return path, "value looks like an API key; keys must not be in the config file"
     return None
+
+
+def _sent_secret(path: Path, value: str) -> bool:
+    """A credential in what an endpoint sends: a header or query value, or the base URL
+    (``https://user:pw@proxy/v1``, ``?api_key=…``), that the redaction pass would hide."""
+    sent = len(path) == 4 and _is_sent_name(path[:3])
+    url = len(path) == 3 and path[0] == "endpoints" and path[2] == "base_url"
+    url = url or path == ("endpoint", "base_url")
+    return (sent and _SCHEME.match(value.strip()) is not None) or (
+        (sent or url) and redact(value) != value
+    )

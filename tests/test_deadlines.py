@@ -183,6 +183,34 @@ def test_streams_cut_before_their_usage_are_counted_not_free(make_session, offli
     assert (whole.record.cut_tokens_in, whole.record.cut_tokens_out) == (0, 0)
 
 
+def test_a_cut_hop_is_settled_once_at_its_own_model_after_a_fallback(make_session, offline_server):
+    from mirai_magics.server import OfflineServer
+
+    prices = "pricing: {gpt-4o: {input: 2.5, output: 10}, gpt-4o-mini: {input: 0.15, output: 0.6}}"
+    with OfflineServer().start() as dripping:
+        dripping.set_faults(drip_sse_s=0.2)  # heavy's endpoint: text, never a usage chunk
+        session = make_session(
+            f"endpoints: {{slow: {{base_url: '{dripping.url}', api_key_env_var: null}}}}\n"
+            "defaults: {timeout_s: 0.6, deadline_s: 20, max_retries: 2, "
+            f"{EVEN_BACKOFF}}}\n"
+            "models: {heavy: {name: gpt-4o, endpoint: slow}}\n"
+            "degradation: {fallback_chain: [heavy, main]}\n" + prices + "\n",
+            fake_time=False,
+        )
+        reply = list(session.stream_chat(HELLO, "heavy"))[-1]
+    record, spend = reply.record, session.policy.spend
+    assert (record.profile, record.model) == ("main", "gpt-4o-mini")  # heavy's hop was cut
+    assert {c.model for c in record.cuts} == {"gpt-4o"} and len(record.cuts) == 2
+    cut_in, cut_out = record.cut_tokens_in, record.cut_tokens_out
+    heavy = (cut_in * 2.5 + cut_out * 10) / 1e6
+    mini = (record.tokens_in * 0.15 + record.tokens_out * 0.6) / 1e6
+    assert spend.by_model["gpt-4o"].cost == pytest.approx(heavy)  # at its own model, once
+    assert spend.by_model["gpt-4o-mini"].cost == pytest.approx(mini)  # not heavy's again
+    assert session.policy.prices.cost(record) == pytest.approx(heavy + mini)  # the badge's
+    used = session.policy.budgets.global_budget.used()
+    assert used == cut_in + cut_out + record.tokens_in + record.tokens_out
+
+
 def test_a_dripping_body_ends_at_the_deadline(make_session, offline_server):
     session = make_session(bounds(1, 3), fake_time=False)
     offline_server.set_faults(drip_body_s=0.05)

@@ -451,6 +451,7 @@ def test_check_config_names_the_layer_of_each_value(tmp_path):
 CREDENTIAL_NAMES = [
     *("x-api-key", "Authorization", "Proxy-Authorization", "api-key", "X-Goog-Api-Key"),
     *("key", "token", "access_token", "X-Auth-Token", "client_secret", "password", "Cookie"),
+    *("Ocp-Apim-Subscription-Key", "x-functions-key", "X-Access-Key", "X-Auth", "code", "sig"),
 ]
 
 
@@ -484,6 +485,31 @@ def test_headers_and_query_named_like_no_credential_are_kept():
     gw = parse_config(text).endpoints["gw"]
     assert set(gw.default_headers) == {"x-team", "x-litellm-tags", "OpenAI-Beta", "x-keyword"}
     assert gw.default_query == {"api-version": "preview", "tenant": "lab", "monkey": "on"}
+    counted = (  # names about tokens and secrets that carry none
+        "endpoints: {gw: {base_url: 'http://x/v1', default_headers: {x-max-tokens: '512', "
+        "X-Token-Budget: '9000', x-ratelimit-tokens: '1', X-Request-Tokenizer: o200k, "
+        "X-Secret-Santa: 'yes'}, default_query: {max_tokens: '64', tokenizer: o200k}}}\n"
+    )
+    assert len(parse_config(counted).endpoints["gw"].default_headers) == 5
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "default_headers: {X-Forwarded: 'Basic dXNlcjpwYXNzd29yZA=='}",
+        "default_query: {filter: 'Bearer abc123def456ghi789'}",
+        "base_url: 'https://user:hunter2pass@proxy.example/v1'",
+        "base_url: 'https://proxy.example/v1?api_key=abc123def456'",
+    ],
+)
+def test_a_credential_in_a_sent_value_or_the_base_url_is_refused(where):
+    text = f"endpoints:\n  gw:\n    base_url: 'http://x/v1'\n    {where}\n"
+    text = text.replace("    base_url: 'http://x/v1'\n    base_url", "    base_url")
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "mine.yaml")
+    line = str(refused.value)
+    assert "keys must not be in the config file" in line and "\n" not in line
+    assert "hunter2pass" not in line and "dXNlcjpwYXNzd29yZA" not in line
 
 
 def test_check_config_refuses_a_credential_header_naming_the_users_line(tmp_path):

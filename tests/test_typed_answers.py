@@ -433,6 +433,11 @@ def test_the_batch_line_command_takes_a_schema_too(fresh, server):
     wrong = fresh.run("%mirai batch names -t 'Invent {item}.' --schema Persn", allow_error=True)
     assert "--schema Persn: no such name in the notebook" in wrong.text
     assert len(chat_bodies(server)) == 2  # the bad name sent nothing
+    fresh.run("import mirai_magics.api as api\napi._schemas.clear()  # as after a restart")
+    resume = "f'batch resume {people.job_id} --schema Person'"  # %mirai does not expand {…}
+    fresh.run(f"again = get_ipython().run_line_magic('mirai', {resume})")
+    assert shown(fresh, "type(again[0].data).__name__") == "Person"
+    assert len(chat_bodies(server)) == 2  # nothing was pending: nothing sent again
 
 
 @pytest.mark.kernel

@@ -192,32 +192,34 @@ def job_result(session: Any, job_id: str) -> Any:
 
 def run_batch_command(magics: Any, args: Any) -> Any:
     """`%mirai batch VAR …` or `%mirai batch resume ID`."""
-    from ..api import batch, collect, shaped
+    from ..api import batch, collect, shaped, typed_rows
 
     session = magics.session
+    namespace = magics.shell.user_ns
+    schema = None
+    if args.schema is not None:
+        from ..answer_schema import resolve_schema
+
+        schema = resolve_schema(args.schema, namespace)  # one line naming NAME if wrong
     if args.target == "resume":
         if not args.id:
             raise UsageError("batch resume needs a job id", hint="`%mirai jobs` lists them")
         row = session.jobs.store.job(args.id)
         if row.kind != "batch":
             raise JobError(f"job {args.id} is a {row.kind}, not a batch")
+        if schema is not None:  # typed rows again after a restart (the requests kept theirs)
+            typed_rows(args.id, schema)
         if not session.jobs.store.pending(args.id):
             return shaped(session, session.jobs.results(args.id), args.id)
         session.jobs.resume(args.id)
         return collect(session, args.id)
     if args.id:
         raise UsageError(f"unexpected {args.id!r}", hint="%mirai batch VAR -t 'template {item}'")
-    namespace = magics.shell.user_ns
     if args.target not in namespace:
         raise UsageError(
             f"no variable {args.target!r} in the notebook",
             hint="%mirai batch VAR: VAR names a list or pandas Series defined earlier",
         )
-    schema = None
-    if args.schema is not None:
-        from ..answer_schema import resolve_schema
-
-        schema = resolve_schema(args.schema, namespace)  # one line naming NAME if wrong
     return batch(
         namespace[args.target],
         profile=args.profile or magics.defaults.profile_in(session.config),
