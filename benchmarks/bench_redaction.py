@@ -110,6 +110,14 @@ HOSTILE = {  # 100 KB runs that would make a careless pass quadratic
     '"X-Api-Key: …': '"X-Api-Key: ' * 8_000,
     "-u a:b \\ (no curl)": "-u a:b \\\n" * 11_000,
     "curl -u a:b …": "curl -u a:b " * 8_000,
+    "curl, then many -u": "curl " + "-u a:b " * 14_000,
+    "curl x | sudo -u a:b …": "curl x | sudo -u a:b " * 4_500,
+    '"Password:", "x" (labels)': '"Password:", "x", ' * 5_500,
+    "password: a #… (one line)": ("password: a #" + "b" * 100) * 900,
+    "[s] password = pw …": "[s]\n" + "password = pw\n" * 7_000,
+    "password = a or b.c(d) …": "password = a or b.c(d)\n" * 4_300,
+    'token=a\\" (JSON text)': 'token=a\\"' * 10_000,
+    "gsk_ r8_ lsv2_ whsec_ … prefixes": "gsk_r8_lsv2_pt_whsec_SG.dop_v1_ks.slack.com/xapp-" * 2_000,
 }
 
 

@@ -11,6 +11,10 @@ The main log lives in ``<home>/calls.sqlite`` (WAL, so two kernels can append at
 ``MIRAI_RECORD=path`` adds a *cassette*: the same table holding only live chat calls, in
 rollback-journal mode so the file can be committed next to a notebook.
 
+A row whose JSON column does not decode (a file edited by hand, or written by a version
+that redacted JSON as text) is skipped by ``read_calls`` with one warning line naming it;
+the other rows read as usual.
+
 Calls are written in batches (one transaction per ~50 ms burst). A row that cannot be
 built or stored (bad data in one call) is dropped alone, with one warning line: the batch
 is then written row by row, so the other calls of the burst are kept.
@@ -36,6 +40,7 @@ from .memory.home import make_home
 from .memory.identity import notebook_identity
 from .pricing import ModelSpend, Prices
 from .redact import DEFAULT_SECRET_NAMES, redact, secret_env_values
+from .text import clip
 
 log = logging.getLogger(__name__)
 FILE_NAME = "calls.sqlite"
@@ -60,6 +65,8 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_request_hash ON calls(request_hash);
 CREATE INDEX IF NOT EXISTS calls_prompt_hash ON calls(prompt_hash);
 """
+# The JSON columns and what each decodes to; a row where one does not is skipped by readers.
+JSON_SHAPES = {"params": dict, "messages": list, "retry_reasons": list, "tool_calls": list}
 # Columns added after the first layout: an older file gets them on open (_ensure_columns).
 ADDED_COLUMNS = {
     "response_model": "TEXT",  # the model the API reported answering
@@ -123,7 +130,8 @@ def read_calls(path: Path, limit: int = 10) -> list[dict[str, Any]]:
             f"call log {path} cannot be read ({exc})",
             hint=f"rename it (e.g. to {path.name}.broken): the next call starts a new log",
         ) from None
-    return [_decoded(dict(row)) for row in reversed(rows)]
+    decoded = (_readable(row, path) for row in reversed(rows))
+    return [row for row in decoded if row is not None]
 
 
 def cost_totals(
@@ -174,13 +182,29 @@ def _insert(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     conn.execute("COMMIT")
 
 
+def _readable(row: sqlite3.Row, path: Path) -> dict[str, Any] | None:
+    """``row`` decoded, or None (with one warning line) when a JSON column of it is not JSON."""
+    try:
+        return _decoded(dict(row))
+    except ValueError as exc:
+        log.warning("mirai: call log %s: row %s skipped: %s", path, row["seq"], exc)
+        return None
+
+
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    for name in ("params", "messages", "retry_reasons"):
-        if row.get(name) is not None:
-            row[name] = json.loads(row[name])
+    """``row`` with its JSON columns decoded; ValueError naming the one that does not."""
+    for name, shape in JSON_SHAPES.items():
+        try:
+            if name == "tool_calls":
+                row[name] = calls_from(row.get(name))  # NULL or an older log: none
+            elif row.get(name) is not None:
+                row[name] = json.loads(row[name])
+                if not isinstance(row[name], shape):
+                    raise ValueError(f"{clip(row[name], 40)} is not a JSON {shape.__name__}")
+        except (ValueError, TypeError) as exc:  # TypeError: a number stored in its place
+            raise ValueError(f"its {name} column does not decode ({exc})") from None
     for name in ("offline", "streamed", "replayed"):
         row[name] = bool(row[name])
-    row["tool_calls"] = calls_from(row.get("tool_calls"))  # an older log: none
     return row
 
 

@@ -17,6 +17,13 @@ The tool calls an answer asks for (``tools.Answer``) are data the model produced
 the answer: they are redacted the same way and stored as JSON in ``tool_calls`` (NULL:
 none, as in a log written before the column existed).
 
+The JSON columns (``params``, ``messages``, ``tool_calls``, ``retry_reasons``) are redacted
+as data, never as JSON text (``stored_json``): each string in them goes through the pass,
+and a dict item whose key names a secret (``{"password": "hunter2"}``) or is read with its
+value (``{"Authorization": "Basic …"}``) is redacted by that name; then the data is
+serialized. A pass over the serialized text could end a string early (``token=abc\"def``
+→ ``token=[REDACTED]"def``) and leave a row no reader can decode.
+
 Python text may hold what UTF-8 cannot: a lone surrogate (``'\\ud800'``, from a decoded
 file or a typo). Hashes encode it losslessly (``surrogatepass``); stored text carries
 U+FFFD in its place, since SQLite refuses the row otherwise.
@@ -36,9 +43,12 @@ from typing import Any
 from .client.records import CallRecord
 from .images import without_images
 from .prompt import is_memory_message
-from .redact import redact
+from .redact import is_secret_reference, redact
+from .redact_rules import REDACTED
+from .text import clip
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+JSON_COLUMNS = frozenset({"params", "messages", "tool_calls", "retry_reasons"})
 
 
 def storable(text: str) -> str:
@@ -76,15 +86,53 @@ def request_key(
     return sha256(canonical(body))
 
 
+def stored_json(value: Any, secrets: Sequence[str] = ()) -> str:
+    """``value`` as a JSON column: redacted as data (see the module docstring), then
+    serialized, so the text is JSON whatever the strings in it hold."""
+    return canonical(_redacted_data(value, secrets))
+
+
+def _redacted_data(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        return storable(redact(value, list(secrets)))
+    if isinstance(value, dict):
+        return {
+            _redacted_data(k, secrets) if isinstance(k, str) else k: _named(k, v, secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redacted_data(item, secrets) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _redacted_data(str(value), secrets)  # what canonical()'s default=str would write
+
+
+def _named(key: Any, value: Any, secrets: Sequence[str]) -> Any:
+    """The value of the dict item ``key: value``, redacted with its name in view."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        return _redacted_data(value, secrets)
+    if is_secret_reference(key.replace("-", "_"), value):  # X-Api-Key as one name
+        return REDACTED
+    head, extra = f"{key}: ", list(secrets)
+    line = redact(head + value, extra)  # rules that read a name with its value: headers
+    if line != head + value and line.startswith(head):
+        value = line[len(head) :]
+    return storable(redact(value, extra))
+
+
 def stored_calls(answer: Any, secrets: Sequence[str] = ()) -> str | None:
     """The tool calls ``answer`` carries, redacted, as JSON (None: it has none)."""
     calls = list(getattr(answer, "tool_calls", ()))
-    return canonical(redacted(calls, secrets)) if calls else None
+    return stored_json(calls, secrets) if calls else None
 
 
 def calls_from(stored: str | None) -> list[dict[str, Any]]:
-    """The tool calls of a row's ``tool_calls`` column (NULL or absent: none)."""
-    return json.loads(stored) if stored else []
+    """The tool calls of a row's ``tool_calls`` column (NULL or absent: none); ValueError
+    when it holds no JSON list of calls (a damaged or hand-edited row)."""
+    calls = json.loads(stored) if stored else []
+    if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+        raise ValueError(f"not a list of tool calls: {clip(str(stored), 40)}")
+    return calls
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -125,9 +173,11 @@ def row_values(
     secrets: Sequence[str] = (),
     **ids: Any,
 ) -> dict[str, Any]:
-    """One call log row from a CallRecord, its messages and answer, every string redacted."""
+    """One call log row from a CallRecord, its messages and answer, every string redacted
+    (the JSON columns as data: ``stored_json``)."""
     request_hash = request_key(record.params, messages, secrets) if messages else None
-    messages = redacted(without_images(messages), secrets) if messages is not None else None
+    shown = without_images(messages) if messages is not None else None
+    hashed = redacted(shown, secrets) if shown else None
     reroute = record.reroute
     row = {
         "id": record.id,
@@ -141,16 +191,16 @@ def row_values(
         "route_profile": record.route.profile if record.route else None,
         "route_reason": record.route.reason if record.route else None,
         "request_hash": request_hash,
-        "prompt_hash": prompt_key(messages) if messages else None,
-        "params": canonical(record.params),
-        "messages": canonical(messages) if messages is not None else None,
+        "prompt_hash": prompt_key(hashed) if hashed else None,
+        "params": stored_json(record.params, secrets),
+        "messages": stored_json(shown, secrets) if shown is not None else None,
         "response": text,
         "tool_calls": stored_calls(text, secrets),
         "tokens_in": record.tokens_in,
         "tokens_out": record.tokens_out,
         "latency_ms": round(record.latency_ms, 3),
         "attempts": record.attempts,
-        "retry_reasons": canonical(record.retry_reasons),
+        "retry_reasons": stored_json(record.retry_reasons, secrets),
         "degraded_from": record.degraded_from,
         "degraded_reason": reroute.reason if reroute else None,
         "finish_reason": record.finish_reason,
@@ -162,4 +212,8 @@ def row_values(
         "user": record.user,
         **ids,
     }
-    return {name: redacted(value, secrets) for name, value in row.items()}
+    # the JSON columns are redacted already: a pass over their text could break the JSON
+    return {
+        name: value if name in JSON_COLUMNS else redacted(value, secrets)
+        for name, value in row.items()
+    }

@@ -4,18 +4,18 @@
 
 * known values: those passed in (``secret_env_values()``: secret-named environment
   variables) and those the user interpolated from a secret-named reference (``remember``);
-* what needs no name (``redact_rules``): PEM private-key blocks, a URL's password
-  (``postgresql://admin:[REDACTED]@host/db``), key shapes (OpenAI/Anthropic ``sk-``, GitHub,
-  GitLab ``glpat-``, Hugging Face ``hf_``, npm ``npm_``, Slack, AWS, Google ``AIza``/``ya29.``,
-  Stripe, JWTs, bearer tokens), ``Authorization: Basic [REDACTED]`` and ``curl -u user:pw``;
+* what needs no name (``redact_rules``): PEM private-key blocks, a URL's password, key shapes
+  (``sk-``, ``ghp_``, ``hf_``, ``gsk_``, ``AKIA…``, Slack webhooks, JWTs…: ``redact_rules``),
+  ``Authorization: Basic [REDACTED]`` and ``curl -u user:pw`` (in that curl command only);
 * values given to a secret-looking name (``security.redact_assignments``): string literals
-  in code and JSON (``db_password = "…"``, triple-quoted ``'''…'''``,
-  ``connect(password="…")``, ``{"api_key": "…"}``), YAML (``password: …``), env files, shells
-  and URLs (``PASSWORD=…``, ``?access_token=…``), INI lines (``password = …``: the rest of
-  the line, less a `` ; `` or `` #`` comment; not an expression such as
-  ``getpass.getpass()`` or ``cfg.password``, nor another secret name:
-  ``self.api_key = api_key``) and headers in a quoted string (``"X-Api-Key: …"``,
-  ``-H 'X-Api-Key: …'``; not ``{api_key}`` or ``%s``).
+  in code and JSON (``db_password = "…"``, ``'''…'''``, ``connect(password="…")``,
+  ``{"api_key": "…"}``; not a label's next string: ``st.text_input("Password:", type=…)``),
+  YAML (``password: …``), env files, shells and URLs (``PASSWORD=…``, ``?access_token=…``;
+  in JSON text a value ends at a backslash, an escape), INI lines (``password = …``: the
+  rest of the line, less a `` ; ``/`` #`` comment; not Python: ``getpass.getpass()``, ``pw
+  if pw else None``, ``await f()``, a bare name without digits such as ``pw`` unless under a
+  ``[section]``) and headers in a quoted string (``"X-Api-Key: …"``, ``-H '…'``; not
+  ``{api_key}``, ``%s``, nor one word of a message: ``"password: required"``).
 
 Names: a plain entry (``password``) matches a name that ends in it (``db_password``,
 ``dbPassword``, ``db-password``, ``PGPASSWORD``, ``X-Api-Key``; of ``self.x.db_password`` the
@@ -33,7 +33,7 @@ name or a key shape; a URL without a password is left whole.
 The names are process-wide: each Session built or reloaded calls ``configure``. The pass is
 idempotent (``redact(redact(t)) == redact(t)``): the call log's request hash relies on it.
 Cost: every rule waits behind a substring check or one scan for rare prefixes and stems, and
-a name is looked at from its stem, not by trying every identifier (~17 µs per KB of
+a name is looked at from its stem, not by trying every identifier (~19 µs per KB of
 notebook text; ``benchmarks/bench_redaction.py``); names and values are bounded, so no text
 makes it quadratic.
 """
@@ -50,11 +50,15 @@ from collections.abc import Iterable, Sequence
 from .redact_rules import KEY_PATTERN as KEY_PATTERN  # re-exported, as before the split
 from .redact_rules import (
     REDACTED,
+    Lines,
     atomic,
+    first_on_line,
     is_code,
     is_key_material,
+    is_label,
     is_placeholder,
     is_word,
+    reads_as_python,
     spliced,
     without_names,
 )
@@ -82,21 +86,28 @@ _LITERAL = (  # a string literal: """…""", '''…''', "…", '…', or \"…\"
     r"|\\\"(?P<jq>" + atomic(r"(?:[^\"\\\n]|\\[^\"\n]){0,4096}") + r")\\\")"
 )
 _QUOTED = ("tdq", "tsq", "dq", "sq", "jq")
+_NAME_GROUP = r"(?P<name>[A-Za-z_]" + atomic(r"[A-Za-z0-9_.\-]{0,127}") + ")"
 _NAMED = re.compile(  # from the start of a name holding a stem: what it is given
-    r"(?P<name>[A-Za-z_]" + atomic(r"[A-Za-z0-9_.\-]{0,127}") + r")(?P<kq>\\?[\"'])?\]?(?:"
+    _NAME_GROUP + r"(?P<kq>\\?[\"'])?\]?(?:"
     # name = "…", name: str = "…", "name": "…", x["name"] = "…", f(name="…"), name == "…"
     r"[ \t]*(?::[ \t]*[A-Za-z_][\w.\[\], |]{0,60}?[ \t]*)?(?:==|:=|=|:)[ \t]*"
     + _LITERAL
     # PASSWORD=hunter2, export db_token=…, ?access_token=…&, "host=h password=p", --pwd=…
-    + r"|=(?!=)(?P<v>[^\s'\"`$(\[{<>,)]"
-    + atomic(r"[^\s'\"`;&|,)(\[<>]{0,1023}")
+    # (not a backslash: in JSON text it starts an escape, \" or \n, that must stay whole)
+    + r"|=(?!=)(?P<v>[^\s'\"`$(\[{<>,)\\]"
+    + atomic(r"[^\s'\"`;&|,)(\[<>\\]{0,1023}")
     + r")(?P<after>[,)(\[]?)"
     # "X-Api-Key: …" (a header in a quoted string: -H '…', JSON text \"…\r\n\"; not {key}, %s)
     r"|:[ \t]+(?P<h>[^\s'\"\\{%]"
     + atomic(r"[^\s'\"\\]{0,1022}")
-    + r")(?=[ \t]*(?:\\?[\"']|\\[rn]))"
+    + r")(?=[ \t]*(?:\\?[\"']|\\[rn])))"
+)
+_LINE_VALUE = re.compile(  # a name first on its line (not in a string): what the line gives it
     # password: hunter2 (YAML: one unquoted word on the rest of its line)
-    r"|:[ \t]+(?P<y>[^\s'\"#\[{&*!|>%@`$]" + atomic(r"\S{0,1023}") + r")[ \t]*(?:#[^\n]*)?$"
+    _NAME_GROUP
+    + r"(?::[ \t]+(?P<y>[^\s'\"#\[{&*!|>%@`$]"
+    + atomic(r"\S{0,1023}")
+    + r")[ \t]*(?:#[^\r\n]*)?\r?$"
     # password = hunter2, aws_secret_access_key = wJalr… (INI: spaces, no quotes)
     r"|(?:[ \t]+=(?!=)[ \t]*|=[ \t]+)(?P<ini>[^\s'\"`]" + atomic(r"[^\r\n]{0,1023}") + r")\r?$)",
     re.MULTILINE,
@@ -104,9 +115,10 @@ _NAMED = re.compile(  # from the start of a name holding a stem: what it is give
 _NAME_RUN = re.compile(r"[A-Za-z_]" + atomic(r"[A-Za-z0-9_.\-]{0,127}") + r"(?![A-Za-z0-9_.\-])")
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.-")
 _NAME_START = frozenset(string.ascii_letters + "_")
-_LINE_LEAD = re.compile(r"[ \t]*(?:-[ \t]+)?")
 _INI_COMMENT = re.compile(r"[ \t]+[#;]")
 _PLAIN_NAME = re.compile(r"[A-Za-z_]\w*")
+_LABEL_QUOTE = ("dq", "sq", "jq")  # what closes a label's string: "Password:"
+_ONE_WORD = re.compile(r"[A-Za-z]+\.?")  # "password: required": a message, not a header
 _TYPE_NAME = re.compile(r"(?:str|bytes|int|float|bool|Any|object|Secret\w*|Optional|Union)\b|.*\[")
 _EXPRESSION = re.compile(r"[\w.]+")  # before ( [ , ): a call, subscript or variable, not a value
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -167,11 +179,18 @@ class Rules:
     def apply(self, text: str) -> str:
         """The structural part of the pass (everything but known values)."""
         text = without_names(text)
-        if "=" in text or ":" in text:
-            text = spliced(text, self._named_spans(text))
+        # A value redacted inside a line read as code may have held what made it code (then
+        # the line is INI text): look again, so that one pass reaches the fixed point.
+        for _ in range(3):
+            if "=" not in text and ":" not in text:
+                break
+            lines = Lines(text)
+            text = spliced(text, self._named_spans(text, lines))
+            if not lines.recheck:
+                break
         return text
 
-    def _named_spans(self, text: str) -> Iterable[tuple[int, int]]:
+    def _named_spans(self, text: str, lines: Lines) -> Iterable[tuple[int, int]]:
         """Values given to secret names, found from each stem (``password``, ``key``…) back
         to the start of its name: far cheaper than trying every identifier."""
         done, last = 0, -1
@@ -183,9 +202,9 @@ class Rules:
             name = _NAME_RUN.match(text, start)
             if name is None or not self.level(name.group()):
                 continue  # max_tokens, key=…: the common case, one cheap match
-            match = _NAMED.match(text, start)
-            span = self._secret_span(match, text) if match else None
+            span = self._span_at(text, start, lines)
             if span:
+                lines.recheck = lines.recheck or span[0] < lines.code_until
                 yield span
                 done = span[1]
 
@@ -204,23 +223,33 @@ class Rules:
                 at = low.find(stem, at + len(stem))
         return sorted(hits)
 
+    def _span_at(self, text: str, start: int, lines: Lines) -> tuple[int, int] | None:
+        """Where the secret given to the name at ``start`` is, or None."""
+        match = _NAMED.match(text, start)
+        if match:
+            return self._secret_span(match, text)
+        line = _LINE_VALUE.match(text, start) if first_on_line(text, start) else None
+        return self._line_span(line, lines) if line else None
+
     def _secret_span(self, match: re.Match[str], text: str) -> tuple[int, int] | None:
         """Where in ``match`` a secret value is, or None."""
         group = next((g for g in _QUOTED if match.group(g) is not None), None)
+        name, start = match.group("name"), match.start()
+        if group in _LABEL_QUOTE and is_label(text, start, match.end("name"), match.start(group)):
+            return None  # "Password:", type="password": that literal is not its value
         if group is None and not match.group("kq"):
-            start = match.start()
             if match.group("v") is not None:
                 passed_on = match.group("after") and _EXPRESSION.fullmatch(match.group("v"))
                 group = None if passed_on else "v"  # f(password=pw)
-            elif match.group("h") is not None:  # a header only inside its quotes
-                group = "h" if text[start - 1 : start] in ("'", '"') else None
-            elif _LINE_LEAD.fullmatch(text[text.rfind("\n", 0, start) + 1 : start]):
-                return self._line_span(match)
-        if group is None or not self.takes(match.group("name"), match.group(group)):
+            elif match.group("h") is not None:  # a header only inside its quotes, and one
+                # word is a message ("password: required") unless a header's name has a -
+                message = "-" not in name and _ONE_WORD.fullmatch(match.group("h"))
+                group = "h" if text[start - 1 : start] in ("'", '"') and not message else None
+        if group is None or not self.takes(name, match.group(group)):
             return None
         return match.span(group)
 
-    def _line_span(self, match: re.Match[str]) -> tuple[int, int] | None:
+    def _line_span(self, match: re.Match[str], lines: Lines) -> tuple[int, int] | None:
         """The value of a YAML (``password: …``) or INI (``password = …``) line, or None."""
         name, value = match.group("name"), match.group("y")
         if value is not None:  # `password: str` is a type
@@ -230,7 +259,10 @@ class Rules:
         comment = _INI_COMMENT.search(value)
         value = (value[: comment.start()] if comment else value).rstrip()
         passed_on = _PLAIN_NAME.fullmatch(value) and self.level(value)  # api_key = openai_key
-        if passed_on or is_code(value) or not self.takes(name, value):
+        if not self.takes(name, value):
+            return None
+        if passed_on or is_code(value) or (reads_as_python(value) and not lines.in_section(start)):
+            lines.code_until = start + len(value)  # password = pw if pw else None
             return None
         return start, start + len(value)
 

@@ -7,7 +7,9 @@ several times, the n-th identical call gets the n-th recorded answer of the late
 run that made it, so a notebook replays exactly. A miss raises :class:`ReplayMissError`
 naming the cell (strict mode) or lets the live call proceed (``MIRAI_REPLAY_MODE=fallthrough``).
 A recorded answer that asked for tool calls replays them on ``Reply.tool_calls`` (as stored:
-redacted); a log written before the ``tool_calls`` column replays them as none.
+redacted); a log written before the ``tool_calls`` column replays them as none, and a row
+whose ``tool_calls`` are not JSON (a damaged file) is one ConfigError naming the file and
+the row, as a file that is not a call log is.
 While ``MIRAI_RECORD`` is set replay stays off: a recording run always calls the live model.
 The session does not search the notebook memory while replaying (badge: ``memory: off
 (replay)``): the recording was hashed without its memory block.
@@ -33,7 +35,7 @@ from .tools import with_calls
 MODES = ("strict", "fallthrough")
 _RECORDED = "kind = 'chat' AND error IS NULL AND response IS NOT NULL AND replayed = 0"
 _LOOKUP = f"""
-SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id, {{calls}}
+SELECT session, response, tokens_in, tokens_out, finish_reason, offline, id, seq, {{calls}}
 FROM calls WHERE request_hash = ? AND {_RECORDED}
 ORDER BY seq
 """
@@ -144,10 +146,17 @@ class Replay:
         if not rows:
             return None
         latest = [row for row in rows if row[0] == rows[-1][0]]
-        _session, text, tokens_in, tokens_out, finish, offline, call_id, calls = latest[
+        _session, text, tokens_in, tokens_out, finish, offline, call_id, seq, calls = latest[
             min(occurrence, len(latest) - 1)
         ]
-        found = tuple(calls_from(calls))
+        try:
+            found = tuple(calls_from(calls))
+        except (ValueError, TypeError) as exc:  # a damaged row: say which, as for a bad file
+            raise ConfigError(
+                f"replay file {self.path}: row {seq} (call {call_id}) has tool calls that "
+                f"are not JSON ({exc})",
+                hint="record that cell again with MIRAI_RECORD, or delete the row",
+            ) from None
         return Recording(text, tokens_in, tokens_out, finish, bool(offline), call_id, found)
 
     def count(self) -> int:

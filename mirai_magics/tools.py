@@ -5,18 +5,23 @@
 its signature via pydantic, description from the first docstring paragraph); a dict is
 sent as written. The reply's ``tool_calls`` list what the model asked for; nothing runs them.
 A streamed answer's calls arrive in fragments (id and name first, then pieces of the
-arguments, each tagged with the call's index); ``ToolCallParts`` joins them into the same
-``{"id", "name", "arguments"}`` dicts a whole answer gives (``calls_of``).
+arguments, each tagged with the call's index, or only its id where a server sends no
+index); ``ToolCallParts`` joins them into the same ``{"id", "name", "arguments"}`` dicts a
+whole answer gives (``calls_of``).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Answer(str):
@@ -48,6 +53,11 @@ def tool_spec(tool: Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
         raise UsageError(
             f"tools=[…] takes functions or JSON specs, not {type(tool).__name__}",
             hint='pass a def, or {"type": "function", "function": {"name": …}}',
+        )
+    if not _TOOL_NAME.fullmatch(tool.__name__):  # the API takes [A-Za-z0-9_-]{1,64}
+        raise UsageError(
+            f"tool {tool.__name__!r} has no name the API takes (letters, digits, _ or -)",
+            hint="pass a def with a name, not a lambda or a partial",
         )
     function: dict[str, Any] = {"name": tool.__name__, "parameters": parameters_of(tool)}
     doc = inspect.getdoc(tool)
@@ -100,23 +110,62 @@ def call_dict(call_id: str, name: str, raw: str) -> dict[str, Any]:
     return {"id": call_id, "name": name, "arguments": arguments}
 
 
+@dataclass
+class _Call:
+    """One streamed tool call being joined."""
+
+    index: int | None
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
 class ToolCallParts:
-    """The tool calls of a stream, joined from ``delta.tool_calls`` fragments by index."""
+    """The tool calls of a stream, joined from ``delta.tool_calls`` fragments.
+
+    A fragment belongs to the call with its id, else to the call of its ``index``; a new id
+    begins a new call, even under an index already used (a server that numbers parallel
+    calls all 0). Without an index (Ollama, Gemini's OpenAI-compatible endpoint: the SDK
+    gives None) a fragment without an id continues the last call. Calls come out in index
+    order, or in the order they began when a server left an index out.
+    """
 
     def __init__(self) -> None:
-        self._parts: dict[int, list[str]] = {}  # index → [id, name, arguments so far]
+        self._calls: list[_Call] = []  # in the order they began
+        self._by_index: dict[int, _Call] = {}  # index → its latest call
+        self._last: _Call | None = None
 
     def add(self, fragments: Any) -> None:
         """Take one chunk's fragments. Id and name count once (OpenAI sends them in the
         first fragment; some compatible servers repeat them); arguments are appended."""
         for fragment in fragments or []:
-            part = self._parts.setdefault(fragment.index, ["", "", ""])
+            call_id = getattr(fragment, "id", None) or ""
+            call = self._call(getattr(fragment, "index", None), call_id)
             function = getattr(fragment, "function", None)
-            part[0] = part[0] or fragment.id or ""
-            part[1] = part[1] or getattr(function, "name", None) or ""
-            part[2] += getattr(function, "arguments", None) or ""
+            call.id = call.id or call_id
+            call.name = call.name or getattr(function, "name", None) or ""
+            call.arguments += getattr(function, "arguments", None) or ""
+            self._last = call
+
+    def _call(self, index: int | None, call_id: str) -> _Call:
+        """The call a fragment with ``index`` and ``call_id`` belongs to (begun if new):
+        the one with that id, else the latest of that index (no index: the last one),
+        unless that has another id."""
+        call = next((c for c in self._calls if call_id and c.id == call_id), None)
+        if call is None:
+            call = self._last if index is None else self._by_index.get(index)
+            if call is not None and call_id and call.id:
+                call = None  # a new id: a new call, even under an index already used
+        if call is None:
+            call = _Call(index)
+            self._calls.append(call)
+        if index is not None:
+            self._by_index[index] = call
+        return call
 
     def answer(self, text: str) -> str:
-        """``text`` with the joined calls riding along (``with_calls``), in index order."""
-        calls = [call_dict(*self._parts[index]) for index in sorted(self._parts)]
-        return with_calls(text, calls)
+        """``text`` with the joined calls riding along (``with_calls``)."""
+        calls = self._calls
+        if all(call.index is not None for call in calls):
+            calls = sorted(calls, key=lambda call: call.index or 0)  # stable within an index
+        return with_calls(text, [call_dict(c.id, c.name, c.arguments) for c in calls])

@@ -108,6 +108,31 @@ SECRETS: list[tuple[str, str]] = [
     ('db_password = """hunter2-triple"""', "hunter2-triple"),
     ("db_password = '''hunter2-single-triple'''", "hunter2-single-triple"),
     ('token = "a8f3k2"', "a8f3k2"),
+    # issue 16, third round: INI sections, CRLF YAML, glued shapes, LLM-notebook key shapes
+    ("[db]\npassword = hunter\n", "hunter"),  # a bare word, but under an INI section
+    ("password = hunter2", "hunter2"),  # a bare name mixing letters and digits is no variable
+    ("db:\r\n  password: hunter2crlf\r\n", "hunter2crlf"),
+    ("'Password: hunter2'", "hunter2"),
+    ('"X-Api-Key: abcdef"', "abcdef"),  # a header name (with a -) takes a word
+    ("AIzaSyA-abc123def456ghi789jkl012mno345pglpat-abcdefghij1234567890", "glpat-abcdefghij"),
+    ("os.environ['GROQ'] = 'gsk_" + "a1B2c3D4e5" * 5 + "'", "gsk_a1B2c3D4e5"),
+    ("client = replicate.Client('r8_" + "Ab3dE" * 7 + "')", "r8_Ab3dE"),
+    ("LANGSMITH=lsv2_pt_" + "0a1b2c3d4e" * 3 + "_9f8e7d6c5b", "lsv2_pt_0a1b"),
+    ("langsmith(lsv2_sk_" + "AbCd1234" * 4 + ")", "lsv2_sk_AbCd"),
+    ("headers = {'auth': 'pplx-" + "x9Y8z7W6v5" * 5 + "'}", "pplx-x9Y8z7"),
+    ("twine upload -p pypi-AgEIcHlwaS5vcmc" + "Ab1_Cd2-" * 7, "pypi-AgEIcHlwaS5"),
+    ("GITLAB_DEPLOY=gldt-" + "Zy9Xw8Vu7T" * 2, "gldt-Zy9X"),
+    ("gitlab-runner register --token glrt-" + "k3yK3yK3yK" * 2, "glrt-k3yK"),
+    ("Webhook.construct_event(body, sig, 'whsec_" + "Q1w2E3r4T5y6" * 2 + "')", "whsec_Q1w2E3"),
+    ("SlackApp(xapp-1-A0123456789-1234567890123-" + "ab12" * 8 + ")", "xapp-1-A0123"),
+    (
+        "requests.post('https://hooks.slack.com/services/T00000000/B00000000/"
+        "XXXXXXXXXXXXXXXXXXXXXXXX', json=msg)",
+        "XXXXXXXXXXXXXXXXXXXXXXXX",
+    ),
+    ("sg = SendGridAPIClient('SG." + "aB3" * 7 + "x." + "Zy9_-" * 8 + "xyz')", "SG.aB3aB3"),
+    ("doctl auth init -t dop_v1_" + "0123456789abcdef" * 4, "dop_v1_0123456789"),
+    ("grafana:\n  sa: glsa_" + "Gr4f4n4T0k3n" * 3, "glsa_Gr4f4n4"),
 ]
 
 # Texts that must come out unchanged.
@@ -186,4 +211,31 @@ LOOKALIKES: list[str] = [
     'curl -u "$USER:$PASS" https://api.example.com',
     "hf_hub_download(repo_id='gpt2', filename='config.json')",
     "os.environ['npm_config_cache'] = '/tmp/npm'",
+    # Python assignments are code, not INI lines; a label's string ends at its colon
+    "    password = pw",
+    "secret = derive(pw) if pw else None",
+    "token = await fetch_token(user, password)",
+    "api_key = key_from_vault or fallback",
+    'password = input("Password: ") or "default"',
+    "password = lambda: pw",
+    "password = hunter",
+    'st.text_input("Password:", type="password")',
+    'headers = ["X-Api-Key: " + key, "Accept: json"]',
+    'print("Token: " + tok + " done")',
+    "password = getpass.getpass('Password: ')  # don't hard-code 'secrets'",
+    'raise ValueError("password: required")',
+    "'Password: hunter'",
+    # -u of another command after a curl one; curl's own help text; a placeholder
+    "curl https://x | sudo -u app:app tee f",
+    "curl https://x; sudo -u app:app tee f",
+    "curl -s https://x && sudo -u www:www cp a b",
+    "curl docs: -u, --user <user:password>",
+    "curl -u YOUR_USER:YOUR_PASS https://api.example.com",
+    # near misses of the new key shapes
+    "gsk_short_name = 1",
+    "r8_model = load('r8_v2')",
+    "lsv2_pt_prefix = 'lsv2_pt_'",
+    "pypi-AgEI is how a PyPI token starts",
+    "SG.total = SG.a + SG.b",
+    "https://hooks.slack.com/services/ is the webhook base",
 ]

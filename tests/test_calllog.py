@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from kernelutil import Kernel, kernel_env
 
-from mirai_magics.calllog import FILE_NAME, read_calls
+from mirai_magics.calllog import FILE_NAME, CallLog, read_calls
+from mirai_magics.client.records import CallRecord
 from mirai_magics.config import parse_config
 from mirai_magics.errors import ClientRequestError, ConfigError, RetriesExhaustedError
+from mirai_magics.replay import Replay
 from mirai_magics.session import Session
+from mirai_magics.tools import Answer
 from mirai_magics.ui.cell import CellRequest
 from mirai_magics.ui.log_cmd import log_row, show_log
 
@@ -178,6 +181,70 @@ def test_conversation_follows_the_history(make, tmp_path):
     rows = calls(tmp_path, make)
     assert rows[0]["conversation"] == rows[1]["conversation"] != rows[2]["conversation"]
     assert len(rows[1]["messages"]) == 4
+
+
+ODD = 'token=abc"def'  # a quote after a secret-named assignment, inside a JSON string
+
+
+def odd_call(tmp_path: Path) -> Path:
+    """A cassette with one call whose message, parameters and tool calls hold odd text and
+    secrets, plainly and under secret names."""
+    path = tmp_path / "odd.sqlite"
+    record = CallRecord(profile="main", model="gpt-4o-mini", requested_profile="main")
+    record.params = {"model": "gpt-4o-mini", "metadata": {"db_password": "hunter2"}}
+    content = f'grep {ODD} log.txt, then {{"password": "hunter2"}} with {KEY} and {SECRET}'
+    arguments = {"q": ODD, "password": "hunter2", "key": KEY, "X-Api-Key": SECRET}
+    call = {"id": "call_1", "name": "search", "arguments": arguments}
+    log = CallLog(path, cassette=True)
+    log.write(record, [{"role": "user", "content": content}], Answer("", [call]))
+    log.close()
+    return path
+
+
+def test_json_columns_are_redacted_as_data_so_they_stay_json(tmp_path):
+    path = odd_call(tmp_path)
+    data = path.read_bytes()
+    for secret in ("hunter2", KEY, SECRET):
+        assert secret.encode() not in data, secret
+    with sqlite3.connect(path) as conn:
+        cells = conn.execute("SELECT params, messages, tool_calls FROM calls").fetchone()
+    conn.close()
+    params, messages, tool_calls = (json.loads(cell) for cell in cells)  # valid JSON, each
+    assert params["metadata"] == {"db_password": "[REDACTED]"}
+    assert messages[0]["content"] == (
+        f'grep {ODD} log.txt, then {{"password": "[REDACTED]"}} with [REDACTED] and [REDACTED]'
+    )
+    assert tool_calls[0]["arguments"] == {
+        "q": ODD,  # `abc` is a word, not a password: nothing to redact
+        "password": "[REDACTED]",
+        "key": "[REDACTED]",
+        "X-Api-Key": "[REDACTED]",
+    }
+    (row,) = read_calls(path)
+    assert (row["params"], row["messages"], row["tool_calls"]) == (params, messages, tool_calls)
+    found = Replay(path).lookup(row["request_hash"])
+    assert found is not None and found.tool_calls == tuple(tool_calls)
+
+
+def test_a_row_whose_json_does_not_decode_is_skipped_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "calls.sqlite"
+    log = CallLog(path, cassette=True)
+    for i in range(4):
+        record = CallRecord(profile="main", model="m", requested_profile="main")
+        log.write(record, [{"role": "user", "content": f"asked {i}"}], f"answer {i}")
+    log.close()
+    with sqlite3.connect(path) as conn:  # as a version that redacted JSON as text wrote it
+        broken = '[{"arguments":{"q":"token=[REDACTED]"def"},"id":"c1","name":"search"}]'
+        conn.execute("UPDATE calls SET tool_calls = ? WHERE seq = 2", (broken,))
+        conn.execute("UPDATE calls SET messages = '7' WHERE seq = 3")  # JSON, not a list
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="mirai_magics.calllog"):
+        rows = read_calls(path)
+    assert [row["response"] for row in rows] == ["answer 0", "answer 3"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all("\n" not in w and str(path) in w for w in warned)
+    assert "row 2 skipped: its tool_calls column does not decode (Expecting" in warned[0]
+    assert "row 3 skipped: its messages column does not decode (7 is not" in warned[1]
 
 
 def test_log_row():  # `%mirai log`'s arguments: tests/test_commands.py

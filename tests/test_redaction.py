@@ -72,6 +72,18 @@ def test_a_url_keeps_its_scheme_user_and_host():
             f"curl -X POST \\\n  -u ana:{REDACTED} \\\n  https://h",
         ),
         ("docker run -u app:app img", "docker run -u app:app img"),  # user:group, no curl
+        ("curl https://x | sudo -u app:app tee f", "curl https://x | sudo -u app:app tee f"),
+        ("curl https://x; sudo -u app:app ls", "curl https://x; sudo -u app:app ls"),
+        ("curl https://x && sudo -u u:g ls", "curl https://x && sudo -u u:g ls"),
+        ("curl https://x & sudo -u u:g ls", "curl https://x & sudo -u u:g ls"),
+        ("curl https://x \\\n | sudo -u u:g ls", "curl https://x \\\n | sudo -u u:g ls"),
+        (  # quoted ; | & belong to curl's arguments; an unquoted & in a URL is no separator
+            "curl -H 'Accept: a; b|c' 'https://h?a=1&b=2' -u ana:pw-77",
+            f"curl -H 'Accept: a; b|c' 'https://h?a=1&b=2' -u ana:{REDACTED}",
+        ),
+        ("curl https://h?a=1&b=2 -u ana:pw-77", f"curl https://h?a=1&b=2 -u ana:{REDACTED}"),
+        ("curl docs: -u, --user <user:password>", "curl docs: -u, --user <user:password>"),
+        ("curl -u YOUR_USER:YOUR_PASS https://h", "curl -u YOUR_USER:YOUR_PASS https://h"),
     ],
 )
 def test_curl_user_keeps_the_user_and_drops_the_password(text, expected):
@@ -93,6 +105,10 @@ def test_curl_user_keeps_the_user_and_drops_the_password(text, expected):
         ("The Authorization: Basic scheme sends", "The Authorization: Basic scheme sends"),
         ('"X-Api-Key: abc123def456"', f'"X-Api-Key: {REDACTED}"'),
         ('\\"x-api-key: abc123def456\\r\\n\\"', f'\\"x-api-key: {REDACTED}\\r\\n\\"'),
+        ('raise ValueError("password: required")', 'raise ValueError("password: required")'),
+        ("'Password: hunter'", "'Password: hunter'"),  # one word in a message
+        ("'Password: hunter2'", f"'Password: {REDACTED}'"),  # letters and digits
+        ('"X-Api-Key: abcdef"', f'"X-Api-Key: {REDACTED}"'),  # a header name takes a word
     ],
 )
 def test_a_credential_header_keeps_its_name_and_scheme(text, expected):
@@ -111,6 +127,17 @@ def test_a_credential_header_keeps_its_name_and_scheme(text, expected):
         ("password = (\n", "password = (\n"),  # continued on the next line
         ("if ok: password = hunter2", "if ok: password = hunter2"),  # not an INI line
         ("api_key = openai_api_key", "api_key = openai_api_key"),  # a variable passed on
+        ("    password = pw", "    password = pw"),  # a bare name is a variable ...
+        ("password = hunter2", f"password = {REDACTED}"),  # ... unless letters and digits
+        ("[db]\npassword = hunter\n", f"[db]\npassword = {REDACTED}\n"),  # or in a section
+        ("[db]\r\npassword = tok with spaces 42", f"[db]\r\npassword = {REDACTED}"),
+        ("secret = derive(pw) if pw else None", "secret = derive(pw) if pw else None"),
+        ("token = await fetch_token(user, pw)", "token = await fetch_token(user, pw)"),
+        ("api_key = key_from_vault or fallback", "api_key = key_from_vault or fallback"),
+        ("password = lambda: pw", "password = lambda: pw"),
+        ("secret = prefix + suffix", "secret = prefix + suffix"),  # an operator
+        ("token = resp.json", "token = resp.json"),  # an attribute
+        ("[db]\npassword = and or not", f"[db]\npassword = {REDACTED}"),  # INI text: words
     ],
 )
 def test_an_ini_value_is_the_rest_of_its_line(text, expected):
@@ -121,6 +148,79 @@ def test_a_triple_quoted_value_is_redacted_inside_its_quotes():
     code = "db_password = \"\"\"hunter2\"\"\"\npem_secret = '''line one\nline two'''\n"
     expected = f"db_password = \"\"\"{REDACTED}\"\"\"\npem_secret = '''{REDACTED}'''\n"
     assert redact(code) == expected
+
+
+def test_a_yaml_value_ends_at_a_crlf_line_end():
+    text = "db:\r\n  password: hunter2\r\n  user: ana\r\n"
+    assert redact(text) == f"db:\r\n  password: {REDACTED}\r\n  user: ana\r\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('password = st.text_input("Password:", type="password")', None),
+        ('pw = input("Password: ") or "default"', None),
+        ("password = getpass.getpass('Password: ')  # don't hard-code 'secrets'", None),
+        ('print("Token: ", token, "ok")', None),
+        ('headers = ["X-Api-Key: " + key, "Accept: json"]', None),
+        ('{"code": "st.text_input(\\"Password:\\", type=\\"password\\")"}', None),  # JSON text
+        ('{"password": "hunter2"}', f'{{"password": "{REDACTED}"}}'),  # a key, not a label
+        ("s = 'password: \"hunter2\"'", f"s = 'password: \"{REDACTED}\"'"),  # YAML in a str
+        # what made the line code (s3.cr3t, an attribute) was a secret: the line is INI text
+        ("password = x token=s3.cr3t", f"password = {REDACTED}"),
+    ],
+)
+def test_a_label_in_a_string_takes_no_value_and_one_pass_is_the_fixed_point(text, expected):
+    expected = text if expected is None else expected
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+def test_glued_key_shapes_are_both_redacted_in_one_pass():
+    glued = "AIzaSyA-abc123def456ghi789jkl012mno345p" + "glpat-abcdefghij1234567890"
+    assert redact(glued) == REDACTED + REDACTED
+
+
+def _json_texts():
+    """Every corpus text (secret or look-alike), and its secret, as JSON string values under
+    several keys, nested and not, ASCII-escaped and not."""
+    values = [text for text, _ in SECRETS] + LOOKALIKES
+    values += ['token=abc"def', "token=abc\\def", "password=a\\", 'x "password: y" z']
+    keys = ("content", "q", "password", "api_key", "Authorization", "cmd")
+    for i, value in enumerate(values):
+        key = keys[i % len(keys)]
+        obj = {key: value, "n": 1, "list": [value, {"token": value, key: f"{value}\n{value}"}]}
+        for ascii_only in (True, False):
+            yield json.dumps(obj, ensure_ascii=ascii_only)
+
+
+def test_redacting_json_text_leaves_valid_json():
+    broken = []
+    for text in _json_texts():
+        once = redact(text)
+        try:
+            json.loads(once)
+        except ValueError:
+            broken.append((text, once))
+        assert redact(once) == once, text
+    assert not broken, broken[:3]
+
+
+def test_a_value_in_json_text_ends_at_an_escape():
+    text = json.dumps({"q": 'password=abc"def'})  # JSON text: password=abc\"def
+    assert redact(text) == '{"q": "password=' + REDACTED + '\\"def"}'
+    lines = json.dumps({"env": "PASSWORD=hunter2\nUSER=ana"})  # JSON text: \n ends the line
+    assert json.loads(redact(lines)) == {"env": f"PASSWORD={REDACTED}\nUSER=ana"}
+
+
+def test_in_json_text_an_escaped_line_end_ends_a_line_and_a_word():
+    key, basic = "sk-proj-AbCdEf0123456789GhIjKlMnOpQrStUv", "dXNlcjpwYXNz"
+    text = json.dumps({"c": f"key:\n{key}\nAuthorization: Basic {basic}\tok"})
+    assert redact(text) == json.dumps(
+        {"c": f"key:\n{REDACTED}\nAuthorization: Basic {REDACTED}\tok"}
+    )
+    shell = json.dumps({"c": "curl x\nsudo -u app:app ls"})  # \n ends the curl command
+    assert redact(shell) == shell
 
 
 def test_a_word_is_no_token_but_any_value_is_a_password():
@@ -149,6 +249,42 @@ def test_new_key_shapes_are_redacted_anywhere_and_refused_in_a_config():
         assert redact(f"({shape})") == f"({REDACTED})", shape
         assert redaction.looks_like_key(shape), shape
     assert redact("hf_" + "a" * 29) == "hf_" + "a" * 29  # too short to be a token
+
+
+LLM_SHAPES = {
+    "Groq": "gsk_" + "a1B2c3D4e5" * 4,
+    "Replicate": "r8_" + "Ab3dE" * 6,
+    "LangSmith": "lsv2_pt_" + "0a1b2c3d4e" * 2,
+    "LangSmith service key": "lsv2_sk_" + "AbCd1234" * 3,
+    "Perplexity": "pplx-" + "x9Y8z7W6v5" * 4,
+    "PyPI": "pypi-AgEI" + "cHlwaS5v_-" * 5,
+    "GitLab deploy": "gldt-" + "Zy9Xw8Vu7T" * 2,
+    "GitLab runner": "glrt-" + "k3yK3yK3yK" * 2,
+    "Stripe webhook": "whsec_" + "Q1w2E3r4T5y6" * 2,
+    "Slack app": "xapp-1-A0123456789-1234567890123-ab12ab12",
+    "SendGrid": "SG." + "aB3" * 7 + "x." + "Zy9_-" * 8 + "xyz",
+    "DigitalOcean": "dop_v1_" + "0123456789abcdef" * 4,
+    "Grafana": "glsa_" + "Gr4f4n4T0k3n" * 3,
+}
+
+
+@pytest.mark.parametrize("shape", list(LLM_SHAPES.values()), ids=list(LLM_SHAPES))
+def test_llm_notebook_key_shapes_are_redacted_anywhere_and_refused_in_a_config(shape):
+    assert redact(f"({shape})") == f"({REDACTED})"
+    assert redact(f"k = '{shape}'\n") == f"k = '{REDACTED}'\n"
+    assert not redaction.looks_like_key(shape[:12])  # too short to be one
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"endpoint: {{organization: '{shape}'}}", "my.yaml")
+    message = str(caught.value)
+    assert "endpoint.organization" in message and "looks like an API key" in message
+
+
+def test_a_slack_webhook_keeps_its_url_but_not_its_secret_part():
+    url = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+    assert redact(f"post({url!r})") == (
+        f"post('https://hooks.slack.com/services/T00000000/B00000000/{REDACTED}')"
+    )
+    assert redaction.looks_like_key(url)
 
 
 def test_the_benchmark_prints_recall_1_and_its_precision():

@@ -294,6 +294,50 @@ def test_a_log_written_before_tool_calls_were_kept_still_replays(sessions, monke
     assert row["tool_calls"] == []
 
 
+ODD = 'grep token=abc"def log.txt, then {"password": "hunter2"} with ' + KEY
+
+
+def test_a_prompt_with_quotes_and_secrets_records_as_json_and_replays(
+    sessions, varying, monkeypatch, tmp_path
+):
+    cassette = tmp_path / "odd.cassette.sqlite"
+    record(sessions, monkeypatch, cassette, [ODD])
+    data = cassette.read_bytes()
+    assert b"hunter2" not in data and KEY.encode() not in data
+    (row,) = read_calls(cassette)  # the messages column decodes
+    assert row["messages"][-1]["content"] == (
+        'grep token=abc"def log.txt, then {"password": "[REDACTED]"} with [REDACTED]'
+    )
+    sent = chat_requests(varying)
+    session = sessions()
+    session.set_replay(Replay(cassette))
+    reply = session.chat(ask(ODD))
+    assert (reply.text, reply.record.replayed) == (row["response"], True)
+    assert chat_requests(varying) == sent
+
+
+def test_a_damaged_tool_calls_cell_is_one_clear_error_and_other_rows_replay(
+    sessions, varying, monkeypatch, tmp_path
+):
+    cassette = tmp_path / "damaged.cassette.sqlite"
+    texts = record(sessions, monkeypatch, cassette, ["hello", "bye"])
+    with sqlite3.connect(cassette) as conn:  # as a version that redacted JSON as text wrote it
+        broken = '[{"arguments":{"q":"token=[REDACTED]"def"},"id":"c1","name":"search"}]'
+        conn.execute("UPDATE calls SET tool_calls = ? WHERE seq = 2", (broken,))
+    conn.close()
+    sent = chat_requests(varying)
+    for mode in ("strict", "fallthrough"):
+        session = sessions()
+        session.set_replay(Replay(cassette, mode))
+        assert session.chat(ask("hello")).text == texts[0]
+        with pytest.raises(ConfigError) as error:
+            session.chat(ask("bye"))
+        message = str(error.value)
+        assert message.startswith(f"replay file {cassette}: row 2 (call ") and "\n" not in message
+        assert "has tool calls that are not JSON" in message and "MIRAI_RECORD" in message
+    assert chat_requests(varying) == sent  # nothing went live in place of the damaged row
+
+
 MEMORY_CELLS = [
     "sales = [{'month': 'jan', 'amount': 3}, {'month': 'feb', 'amount': 5}]",
     "monthly = {row['month']: row['amount'] for row in sales}",

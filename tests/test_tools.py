@@ -79,6 +79,8 @@ def test_a_function_becomes_a_json_spec_from_its_signature_and_docstring():
     assert tool_spec(SPEC) is SPEC
     with pytest.raises(UsageError, match="takes functions or JSON specs, not int"):
         tool_spec(3)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="tool '<lambda>' has no name the API takes"):
+        tool_spec(lambda city: city)  # the API would refuse "<lambda>" with an HTTP 400
 
 
 def test_tools_are_passed_through_and_tool_calls_come_back_unexecuted(make_session, offline_server):
@@ -206,3 +208,37 @@ def test_tool_call_fragments_are_joined_by_index_whatever_the_provider_repeats()
         {"id": "b", "name": "second", "arguments": "not json"},
     )
     assert type(ToolCallParts().answer("plain")) is str
+
+
+def unindexed(**fields) -> Fragment:
+    """A fragment as the SDK builds it from a chunk with no ``index`` (Ollama, Gemini's
+    OpenAI-compatible endpoint): it does not validate a response, so the index is None."""
+    return Fragment.model_construct(index=None, **fields)
+
+
+def test_fragments_without_an_index_are_joined_by_id_in_the_order_the_calls_began():
+    parts = ToolCallParts()
+    parts.add([unindexed(id="a", function=Function(name="first", arguments='{"x"'))])
+    parts.add([unindexed(function=Function(arguments=": 1}"))])  # no id: the last call's
+    parts.add([unindexed(id="b", type="function", function=Function(name="second"))])
+    parts.add([unindexed(id="b", function=Function(name="second", arguments="{}"))])
+    answer = parts.answer("")
+    assert answer.tool_calls == (
+        {"id": "a", "name": "first", "arguments": {"x": 1}},
+        {"id": "b", "name": "second", "arguments": {}},
+    )
+
+
+def test_a_new_id_is_a_new_call_whatever_index_the_server_gives_it():
+    mixed = ToolCallParts()  # an index on one call, none on the next
+    mixed.add([Fragment(index=0, id="a", function=Function(name="first", arguments="{}"))])
+    mixed.add([unindexed(id="b", function=Function(name="second", arguments='{"y": 2}'))])
+    reused = ToolCallParts()  # parallel calls all numbered 0
+    reused.add([Fragment(index=0, id="a", function=Function(name="first", arguments="{}"))])
+    reused.add([Fragment(index=0, id="b", function=Function(name="second", arguments='{"y"'))])
+    reused.add([Fragment(index=0, function=Function(arguments=": 2}"))])
+    for parts in (mixed, reused):
+        assert parts.answer("").tool_calls == (
+            {"id": "a", "name": "first", "arguments": {}},
+            {"id": "b", "name": "second", "arguments": {"y": 2}},
+        )
