@@ -179,8 +179,10 @@ class Session:
     def warm(self) -> None:
         """Do the first call's one-time work now: imports, the SDK client, the offline server
         (with one loopback request to it) and the memory files."""
+        from .client.endpoint import import_resources
+
         client = self.client
-        _ = client.sdk.chat.completions, client.sdk.embeddings  # the SDK imports these lazily
+        import_resources(client.sdk)
         if self.endpoint.offline:
             self.engine.run(_list_models(client.sdk))
         if self.memory_enabled:

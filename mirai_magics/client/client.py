@@ -32,7 +32,7 @@ from ..tokens import count_messages, count_text, message_text
 from .breaker import CircuitBreaker
 from .canary import Canaries
 from .deadline import DEADLINE_SETTING, Deadline, bounded
-from .endpoint import SdkClients
+from .endpoint import SdkClients, import_resources
 from .failures import as_mirai_error, chain_label, fallback_reason
 from .keys import KEY_ROTATED
 from .observers import Observer
@@ -314,7 +314,7 @@ class ResilientClient:
             if replayed is not None:  # None: a miss in fallthrough mode goes live
                 return replayed
         self.breaker(params["model"], prof.endpoint).check()  # open: refuse before any quota
-        _ = self.sdk_for(prof.endpoint).chat.completions  # lazy SDK imports: not after the slot
+        import_resources(self.sdk_for(prof.endpoint))  # lazy SDK imports: not after the slot
         async with self._admitted("chat", record, call.background) as gate:
             return await self._retrying(
                 record,

@@ -266,6 +266,12 @@ class SdkClients:
             await client.close()
 
 
+def import_resources(sdk: Any) -> None:
+    """Touch what the SDK imports lazily on first use (chat completions, embeddings): done
+    at warm-up or before a rate slot is booked, not between the slot and the send."""
+    _ = sdk.chat.completions, sdk.embeddings
+
+
 def session_user(config: Config) -> str:
     """Whose per-user budget a call spends: ``limits.user``, ``MIRAI_USER``, the OS user."""
     if config.limits.user or os.environ.get("MIRAI_USER"):

@@ -90,9 +90,10 @@ async def build_client(config: Config) -> tuple[Any, Any]:
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
+    from ..client.endpoint import import_resources
+
     ctx["client"], ctx["endpoint"] = await build_client(ctx["config"])
-    sdk = ctx["client"].sdk  # the SDK imports these lazily: once here, not in the first item
-    _ = sdk.chat.completions, sdk.embeddings
+    import_resources(ctx["client"].sdk)  # once here, not in the first item
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ gets the answer when it completes, in completion order, and the badge says so.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import time
 from dataclasses import asdict
@@ -16,7 +15,7 @@ from typing import Any
 
 from ..errors import JobError, UsageError
 from ..jobs.items import ItemResult, payload
-from ..text import clip, parse_json
+from ..text import clip
 from .late import LateDisplay
 from .render import answer_bundle, error_bundle
 from .status import Listing
@@ -84,8 +83,8 @@ def _show_background(
             flags.append("history: appended on completion")
         if request.fmt == "code":
             flags.append("code not inserted (background): %mirai jobs result " + job_id)
-        if request.out:
-            _store_out(namespace, request.out, request.fmt, result.text)
+        if request.out:  # as a cell's --out: parsed JSON (``null`` is None), else the text
+            namespace[request.out] = result.data if request.fmt == "json" else result.text
     if result.record is not None:
         badge.update(
             {
@@ -230,13 +229,3 @@ def run_batch_command(magics: Any, args: Any) -> Any:
         session=session,
         schema=schema,
     )
-
-
-def _store_out(namespace: Any, name: str, fmt: str, text: str) -> None:
-    """`--out NAME` of a background cell, as a cell's: JSON parsed (``null`` is None), never
-    half a string; other formats the text."""
-    if fmt != "json":
-        namespace[name] = text
-        return
-    with contextlib.suppress(ValueError):  # invalid JSON: its red line says so; nothing stored
-        namespace[name] = parse_json(text)
